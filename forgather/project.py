@@ -46,6 +46,7 @@ class MetaConfig:
     workspace_root: Path | None
     data: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)  # meta.yaml key -> Provenance
 
     @classmethod
     def load(cls, project_dir: str | os.PathLike) -> MetaConfig:
@@ -64,7 +65,25 @@ class MetaConfig:
             graph = {}
         if not isinstance(graph, dict):
             raise errors.ProjectError("meta.yaml must render to a mapping", rendered.origin(1))
-        return cls(directory, workspace, dict(graph), rendered.text)
+        return cls(
+            directory, workspace, dict(graph), rendered.text, dict(getattr(graph, "provenance", {}))
+        )
+
+    def _paths(self, key: str, default: list[Any]) -> list[Any]:
+        """A meta.yaml entry that holds a path or a list of paths; a clear error otherwise."""
+        raw = self.data.get(key) or default
+        if isinstance(raw, str | os.PathLike):
+            raw = [raw]
+        if not isinstance(raw, list | tuple) or not all(
+            isinstance(p, str | os.PathLike) and "\0" not in str(p) for p in raw
+        ):
+            record = self.provenance.get(key)
+            raise errors.ProjectError(
+                f"meta.yaml: {key} must be a path or a list of paths (got {raw!r})",
+                record.origin if record else None,
+                key,
+            )
+        return list(raw)
 
     @property
     def name(self) -> str:
@@ -81,9 +100,7 @@ class MetaConfig:
     @property
     def searchpath(self) -> list[str]:
         """Directories searched for config templates, in order (missing ones dropped)."""
-        raw = self.data.get("searchdir") or [self.project_dir / "templates"]
-        if isinstance(raw, str | os.PathLike):
-            raw = [raw]
+        raw = self._paths("searchdir", [self.project_dir / "templates"])
         paths: list[str] = []
         for entry in [*raw, TEMPLATELIB_DIR / "base"]:
             path = Path(str(entry))
@@ -96,8 +113,7 @@ class MetaConfig:
 
     @property
     def system_path(self) -> list[str]:
-        raw = self.data.get("system_path") or []
-        return [str(p) for p in ([raw] if isinstance(raw, str) else raw)]
+        return [str(p) for p in self._paths("system_path", [])]
 
     def config_names(self) -> list[str]:
         """Every selectable config (file names under `<searchdir>/<config_prefix>/`), sorted."""
@@ -197,3 +213,33 @@ def from_project(
     if isinstance(targets, str):
         return project(targets, **config_kwargs)
     return project(list(targets), **config_kwargs)
+
+
+def load_project(
+    project_dir: str | os.PathLike = ".",
+    config_template: str = "",
+    tokens: Iterable[str] = (),
+) -> Project:
+    """Load a project's config the way the CLI does: `key.path=value` overrides and declared `--flags`.
+
+    Tokens that look like overrides (`a.b=1`, `+a.c=2`, `~a.d`) are applied to the graph; the rest are
+    parsed against the config's `dynamic_args`, whose values re-render the config as Jinja variables.
+    Both are recorded in provenance. Unknown flags and overrides that match nothing are errors.
+    """
+    from forgather.config.dynamic_args import declared_args, parse_flags, record_flag_provenance
+    from forgather.config.overrides import is_override, parse_override
+
+    tokens = list(tokens)
+    overrides = [parse_override(t) for t in tokens if is_override(t)]
+    flags = [t for t in tokens if not is_override(t)]
+    project = Project(config_template, project_dir)
+    declared = declared_args(project.config) if flags else []
+    values, texts = parse_flags(declared, flags) if flags else ({}, {})
+    if values:
+        base = project.config
+        project = Project(config_template, project_dir, **values)
+        record_flag_provenance(base, project.config, texts)
+    if overrides:
+        project.overrides = overrides
+        apply_overrides(project.config.graph, overrides)
+    return project

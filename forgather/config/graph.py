@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,8 +89,7 @@ def children(value: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(value, DListNode):
         yield from value.items.items()
     elif isinstance(value, CallableNode):
-        for index, arg in enumerate(value.args):
-            yield index, arg
+        yield from enumerate(value.args)
         yield from value.kwargs.items()
     elif isinstance(value, VarNode):
         if value.has_default:
@@ -104,8 +104,9 @@ def _key_for(container: Any, part: str) -> Any:
     if isinstance(container, DListNode):
         return _mapping_key(container.items, part)
     if isinstance(container, CallableNode):
-        if part.isdigit() or (part.startswith("arg") and part[3:].isdigit()):
-            index = int(part[3:] if part.startswith("arg") else part)
+        positional = re.fullmatch(r"(?:arg)?([0-9]+)", part)
+        if positional:
+            index = int(positional.group(1))
             if index < len(container.args):
                 return index
             return None
@@ -114,7 +115,7 @@ def _key_for(container: Any, part: str) -> Any:
         return "default" if part == "default" and container.has_default else None
     if isinstance(container, dict):
         return _mapping_key(container, part)
-    if isinstance(container, list | tuple) and part.lstrip("-").isdigit():
+    if isinstance(container, list | tuple) and re.fullmatch(r"-?[0-9]+", part):
         index = int(part)
         return index if -len(container) <= index < len(container) else None
     return None
@@ -164,6 +165,7 @@ def resolve_path(graph: Any, path: str) -> tuple[Any, Any]:
     if not path or not all(parts):
         raise errors.OverrideError(f"{path!r} is not a dotted key path", key=path)
     container = graph
+    where: Origin | None = None  # where the value walked into was set (scalars have no origin)
     for depth, part in enumerate(parts):
         key = _key_for(container, part)
         if key is None:
@@ -172,11 +174,13 @@ def resolve_path(graph: Any, path: str) -> tuple[Any, Any]:
             hint = f"; keys there: {', '.join(options[:20])}" if options else ""
             raise errors.OverrideError(
                 f"{path!r} matches nothing: {walked} has no {part!r}{hint}",
-                getattr(container, "origin", None),
+                getattr(container, "origin", None) or where,
                 key=path,
             )
         if depth == len(parts) - 1:
             return container, key
+        provenance = provenance_of(container, key)
+        where = provenance.origin if provenance else None
         container = child(container, key)
     raise AssertionError("unreachable")
 

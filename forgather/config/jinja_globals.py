@@ -52,7 +52,17 @@ def toyaml(value: Any, default: Any = _MISSING) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True)
+    text = _inline_yaml(value)
+    if any(char in text for char in "\n\r\x85\u2028\u2029"):
+        # Strings with line breaks: double-quoted escapes keep the value on one line and intact.
+        text = _inline_yaml(value, default_style='"')
+    return text
+
+
+def _inline_yaml(value: Any, **options: Any) -> str:
+    text = yaml.safe_dump(
+        value, default_flow_style=True, width=1 << 30, allow_unicode=True, **options
+    )
     text = text.strip()
     if text.endswith("\n..."):
         text = text[: -len("\n...")]

@@ -1,12 +1,14 @@
 """Build Python objects from a config graph.
 
 A `Builder` is one build: singletons are shared within it and never beyond it, factories are called at every
-use, partials become callables that share the build's singletons, and `!var` values come from its context.
+use, partials become callables (one per build, like singletons) that share the build's singletons, and `!var`
+values come from its context.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,13 +81,13 @@ class Builder:
         """The object `value` describes."""
         if isinstance(value, VarNode):
             return self.var(value)
-        if isinstance(value, PartialNode):
-            return BuiltPartial(self, value)
         if isinstance(value, CallableNode):
-            if isinstance(value, SingletonNode):
+            if isinstance(value, SingletonNode | PartialNode):
                 key = id(value)
                 if key not in self._singletons:
-                    result = self.call(value)
+                    # A partial is made once per build too: every reference gets the same callable.
+                    is_partial = isinstance(value, PartialNode)
+                    result = BuiltPartial(self, value) if is_partial else self.call(value)
                     self._singletons[key] = result
                     self._keep.append(value)
                 return self._singletons[key]
@@ -112,8 +114,19 @@ class Builder:
         searchpath = None
         if node.submodule_searchpath is not None:
             searchpath = self.build(node.submodule_searchpath)
-            if isinstance(searchpath, str):
+            if isinstance(searchpath, str | os.PathLike):
                 searchpath = [searchpath]
+            if searchpath is not None and not (
+                isinstance(searchpath, list | tuple)
+                and all(isinstance(path, str | os.PathLike) for path in searchpath)
+            ):
+                raise errors.ImportSpecError(
+                    f"{describe(node)}: submodule_searchpath must be a path or a list of paths "
+                    f"(got {searchpath!r})",
+                    node.origin,
+                )
+            if searchpath is not None:
+                searchpath = [os.fspath(path) for path in searchpath]
         return resolve(node.spec, searchpath, node.origin)
 
     def call(

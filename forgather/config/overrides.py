@@ -69,7 +69,7 @@ def _value(override: Override) -> Any:
         return parse_graph(override.value_text, source=override.text)
     except errors.ConfigError as error:
         raise errors.OverrideError(
-            f"{override.text!r}: {error.message}", key=override.path
+            f"{override.text!r}: {error.message}", override.origin(), key=override.path
         ) from None
 
 

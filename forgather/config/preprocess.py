@@ -231,6 +231,14 @@ class SourceMap:
             lines[k] = line[:indent] + self.marker(origin) + stripped
         return "\n".join(lines)
 
+    def _known(self, match: re.Match[str]) -> bool:
+        # Text that merely looks like a marker (the same private-use characters typed into a template)
+        # is left alone.
+        return int(match.group(1)) < len(self._origins)
+
+    def _strip(self, text: str) -> str:
+        return MARKER_RE.sub(lambda m: "" if self._known(m) else m.group(0), text)
+
     def split(self, rendered: str) -> tuple[str, list[Origin | None]]:
         """Remove markers; return clean text and the origin of each of its lines (index 0 = line 1)."""
         clean_lines: list[str] = []
@@ -239,16 +247,16 @@ class SourceMap:
         for raw in rendered.split("\n"):
             origin = None
             pos = 0
-            for match in MARKER_RE.finditer(raw):
-                before = MARKER_RE.sub("", raw[pos : match.start()])
+            markers = [m for m in MARKER_RE.finditer(raw) if self._known(m)]
+            for match in markers:
+                before = self._strip(raw[pos : match.start()])
                 if before.strip():
                     break
                 origin = self._origins[int(match.group(1))]
                 pos = match.end()
             if origin is None:
-                match = MARKER_RE.search(raw)
-                origin = self._origins[int(match.group(1))] if match else previous
-            clean_lines.append(MARKER_RE.sub("", raw))
+                origin = self._origins[int(markers[0].group(1))] if markers else previous
+            clean_lines.append(self._strip(raw))
             origins.append(origin)
             previous = origin
         return "\n".join(clean_lines), origins

@@ -260,7 +260,16 @@ GraphLoader.yaml_implicit_resolvers = {
 
 def parse_graph(text: str, rendered: Rendered | None = None, source: str = "<config>") -> Any:
     """Parse YAML text into a config graph; errors name the template file and line."""
-    loader = GraphLoader(text, rendered, source)
+    try:
+        loader = GraphLoader(text, rendered, source)  # the reader checks every character here
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, max(error.position, 0)) + 1
+        origin = rendered.origin(line) if rendered else Origin(source, line)
+        char = error.character
+        char = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+        raise errors.YamlSyntaxError(
+            f"unacceptable character {char}: special characters are not allowed", origin
+        ) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", ColonlessNameWarning)

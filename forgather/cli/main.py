@@ -1,0 +1,104 @@
+"""The `forgather` command: global options, error handling and the command groups."""
+
+from __future__ import annotations
+
+import traceback as tb
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from forgather.cli import common, explain, inspect, scaffold
+from forgather.cli.common import State
+
+
+def report_error(error: BaseException, show_traceback: bool) -> None:
+    """One red `error:` line on stderr; the traceback above it only when asked for."""
+    if show_traceback:
+        typer.echo("".join(tb.format_exception(error)), err=True, nl=False)
+    typer.secho(f"error: {common.one_line(str(error))}", fg="red", err=True)
+
+
+class ForgatherGroup(TyperGroup):
+    """Turns config errors (user errors) raised by any command into one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from forgather.config.errors import ConfigError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            obj = ctx.find_object(State)
+            report_error(error, bool(obj and obj.traceback))
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=ForgatherGroup,
+    name="forgather",
+    help="Inspect, explain and build forgather project configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from forgather import __version__
+
+        typer.echo(f"forgather {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    project_dir: Annotated[
+        str,
+        typer.Option(
+            "-p",
+            "--project-dir",
+            help="Project directory (or any directory below it): searched upward for meta.yaml.",
+        ),
+    ] = ".",
+    config_template: Annotated[
+        str,
+        typer.Option(
+            "-t",
+            "--config-template",
+            help="Config to use, relative to the project's config prefix; default: the project's default config.",
+        ),
+    ] = "",
+    traceback: Annotated[
+        bool, typer.Option("--traceback", help="Show the Python traceback of errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Inspect, explain and build forgather project configs.
+
+    Commands that load a config accept trailing overrides (`a.b=1`, `+a.c=2`, `~a.d`) and the
+    config's declared flags (e.g. `--max-steps 100`).
+    """
+    ctx.obj = State(project_dir, config_template, traceback)
+
+
+inspect.register(app)
+explain.register(app)
+scaffold.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
