@@ -11,7 +11,7 @@ from typing import Any
 
 from forgather.config import errors
 from forgather.config.environment import ConfigEnvironment
-from forgather.config.graph import Config, load_config
+from forgather.config.graph import Config, check_before_build, load_config
 from forgather.config.jinja_globals import Versions
 from forgather.config.overrides import Override, apply_overrides
 from forgather.config.yaml_graph import parse_graph
@@ -188,6 +188,11 @@ class Project:
 
     def __call__(self, *targets: Any, **context_vars: Any) -> Any:
         """Build `main`, one target, several targets (tuple) or a list of targets (dict), in one build."""
+        names = (
+            targets[0] if len(targets) == 1 and isinstance(targets[0], list | tuple) else targets
+        )
+        for name in names or ("main",):
+            check_before_build(self.config.target(name), context_vars)
         builder = self.config.builder(**context_vars)
         if not targets:
             return builder.build(self.config.target("main"))

@@ -59,8 +59,8 @@ def validate(ctx: typer.Context) -> None:
     from forgather.config.validate import validate_graph
 
     project = common.load(ctx)
-    graph = project.config.graph
-    problems = validate_graph(graph, known_vars=None)
+    graph = project.config.targets  # what can be built; `.name` anchor holders only matter if used
+    problems = validate_graph(graph, known_vars=set())
     if problems:
         # All but the last are listed here; the last is raised so that it is reported (with its
         # traceback under --traceback) like any other error, and the exit status is 1.

@@ -120,7 +120,9 @@ class ConfigLoader(BaseLoader):
         loaded = self.by_filename.get(jinja_filename or "")
         if loaded is None:
             return None
-        return Origin(loaded.file, loaded.first_line + (lineno or 1) - 1, loaded.name)
+        # Jinja reports an unclosed tag one line past the end; name the template's last line instead.
+        lineno = min(max(lineno or 1, 1), loaded.text.count("\n") + 1)
+        return Origin(loaded.file, loaded.first_line + lineno - 1, loaded.name)
 
 
 class ConfigEnvironment(SandboxedEnvironment):

@@ -56,8 +56,10 @@ class Config:
         return Builder({"pp_config": self.pp_config, **context_vars})
 
     def build(self, target: str = "main", **context_vars: Any) -> Any:
-        """Build one target in a fresh build."""
-        return self.builder(**context_vars).build(self.target(target))
+        """Build one target in a fresh build (arguments are checked before anything is built)."""
+        graph = self.target(target)
+        check_before_build(graph, context_vars)
+        return self.builder(**context_vars).build(graph)
 
     def lookup(self, path: str) -> tuple[Any, Provenance | None]:
         """The value at a dotted key path and where it was set."""
@@ -200,3 +202,16 @@ def walk(value: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any, Any]]:
                 yield from visit(item, item_path)
 
     yield from visit(value, prefix)
+
+
+def check_before_build(graph: Any, context_vars: Mapping[str, Any] | None = None) -> None:
+    """Raise the first argument problem (unknown or missing keyword) in `graph` before anything is built.
+
+    Import problems are left to the build itself (a file a spec names may be written by an earlier step
+    of the same build), and so are `!var` values (the build reports them where they are used).
+    """
+    from forgather.config.validate import validate_graph
+
+    for problem in validate_graph(graph):
+        if isinstance(problem, errors.ArgumentError):
+            raise problem

@@ -26,7 +26,9 @@ from forgather.config.specs import resolve
 
 
 def describe(node: CallableNode) -> str:
-    return f"!{node.tag}:{node.spec}" + (f"@{node.name}" if node.name else "")
+    """The node's tag as written in the config (e.g. `!call:math:sqrt@root`)."""
+    tag = getattr(node, "written_tag", None) or node.tag
+    return f"!{tag}:{node.spec}" + (f"@{node.name}" if node.name else "")
 
 
 def check_arguments(

@@ -89,6 +89,7 @@ class CallableNode(Node):
     """A call of the object that `spec` names, with positional `args` and keyword `kwargs`."""
 
     tag = "call"
+    written_tag: str | None = None  # the tag as written (`call` for `!call:`), for messages
 
     def __init__(
         self,

@@ -148,7 +148,7 @@ class GraphLoader(yaml.SafeLoader):
                 node,
             )
         args, kwargs, reserved = self.call_arguments(node)
-        return cls(
+        built = cls(
             spec,
             args,
             kwargs,
@@ -157,6 +157,8 @@ class GraphLoader(yaml.SafeLoader):
             submodule_searchpath=reserved.get("submodule_searchpath"),
             latent_args=reserved.get("latent_args"),
         )
+        built.written_tag = kind
+        return built
 
     def call_arguments(self, node: YamlNode) -> tuple[ConfigList, ConfigMapping, dict[str, Any]]:
         args, kwargs, reserved = ConfigList(), ConfigMapping(), {}

@@ -295,8 +295,24 @@ def test_null_latent_args_add_nothing():
 
 def test_latent_args_must_build_a_mapping():
     text = "main: !call:dict\n  latent_args: [1]"
-    with pytest.raises(errors.BuildError, match="latent_args must build a mapping"):
+    with pytest.raises(errors.ArgumentError, match="latent_args must be a mapping"):
         load(text).build("main")
+    with pytest.raises(errors.BuildError, match="latent_args must build a mapping"):
+        load(text).builder().build(load(text).target("main"))
+
+
+def test_unknown_keyword_is_reported_before_anything_is_built(tmp_path):
+    module = tmp_path / "recorder.py"
+    module.write_text(
+        "built = []\ndef make(**kw):\n    built.append(kw)\n    return kw\ndef strict(a):\n    return a\n"
+    )
+    text = f"main: !call:named_list [!call:{module}:make {{x: 1}}, !call:{module}:strict {{b: 2}}]"
+    with pytest.raises(errors.ArgumentError, match="unexpected keyword argument 'b'") as raised:
+        load(text).build("main")
+    assert raised.value.origin.line == 1
+    from forgather.config.specs import load_file_module
+
+    assert load_file_module(str(module)).built == []
 
 
 def test_latent_args_node_is_shared_with_other_references():
