@@ -307,7 +307,7 @@ def test_unknown_keyword_is_reported_before_anything_is_built(tmp_path):
         "built = []\ndef make(**kw):\n    built.append(kw)\n    return kw\ndef strict(a):\n    return a\n"
     )
     text = f"main: !call:named_list [!call:{module}:make {{x: 1}}, !call:{module}:strict {{b: 2}}]"
-    with pytest.raises(errors.ArgumentError, match="unexpected keyword argument 'b'") as raised:
+    with pytest.raises(errors.ArgumentError, match="missing a required argument: 'a'") as raised:
         load(text).build("main")
     assert raised.value.origin.line == 1
     from forgather.config.specs import load_file_module
