@@ -1,0 +1,1 @@
+"""forgather.ml.optim"""

@@ -1,0 +1,1 @@
+"""Trainers, their state, callbacks, checkpoints and control."""
