@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import traceback as tb
 from typing import Annotated, Any
 
@@ -9,7 +10,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from forgather.cli import common, explain, inspect, scaffold
+from forgather.cli import common, explain, generate, inspect, scaffold, train
 from forgather.cli.common import State
 
 
@@ -21,14 +22,14 @@ def report_error(error: BaseException, show_traceback: bool) -> None:
 
 
 class ForgatherGroup(TyperGroup):
-    """Turns config errors (user errors) raised by any command into one line and exit status 1."""
+    """Turns user errors (`ForgatherError`) raised by any command into one line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from forgather.config.errors import ConfigError
+        from forgather.errors import ForgatherError
 
         try:
             return super().invoke(ctx)
-        except ConfigError as error:
+        except ForgatherError as error:
             obj = ctx.find_object(State)
             report_error(error, bool(obj and obj.traceback))
             raise typer.Exit(1) from None
@@ -93,11 +94,18 @@ def main_options(
 inspect.register(app)
 explain.register(app)
 scaffold.register(app)
+train.register(app)
+generate.register(app)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "train" in args and "--" in args[args.index("train") :]:
+        cut = args.index("--", args.index("train"))
+        train.TORCHRUN_ARGS[:] = args[cut + 1 :]
+        args = args[:cut]
+    app(args=args)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from forgather.config.origin import Origin
+from forgather.errors import ForgatherError
 
 
-class ConfigError(Exception):
+class ConfigError(ForgatherError):
     """A problem in a configuration, reported as one line naming where it comes from."""
 
     kind = "config error"

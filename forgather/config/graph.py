@@ -52,8 +52,33 @@ class Config:
         return targets[name]
 
     def builder(self, **context_vars: Any) -> Builder:
-        """A fresh build that knows `pp_config` and the given `!var` values."""
-        return Builder({"pp_config": self.pp_config, **context_vars})
+        """A fresh build that knows `pp_config`, `config_provenance` and the given `!var` values."""
+        return Builder(
+            {
+                "pp_config": self.pp_config,
+                "config_provenance": self.provenance_map(),
+                **context_vars,
+            }
+        )
+
+    def provenance_map(self) -> dict[str, Any]:
+        """For every scalar value of the targets: where it was set and what it overrode (JSON-ready)."""
+        result: dict[str, Any] = {}
+        for path, value, container, key in walk(self.targets):
+            if isinstance(value, dict | list | tuple | CallableNode | VarNode):
+                continue
+            record = provenance_of(container, key)
+            entry: dict[str, Any] = {
+                "value": value,
+                "set_at": str(record.origin) if record and record.origin else None,
+            }
+            if record and record.overrode:
+                entry["overrode"] = [
+                    {"set_at": str(origin) if origin else None, "value": old}
+                    for origin, old in record.overrode
+                ]
+            result[path] = entry
+        return result
 
     def build(self, target: str = "main", **context_vars: Any) -> Any:
         """Build one target in a fresh build (arguments are checked before anything is built)."""

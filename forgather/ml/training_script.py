@@ -1,0 +1,123 @@
+"""`TrainingScript`: the `main` target of a training config. It trains, evaluates, saves and samples."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class TrainingScript:
+    """Run a trainer the way a config describes.
+
+    `trainer` is any object with `train()`, `evaluate()` and `save_model(dir)` (forgather's `Trainer`).
+    `baseline` (optional) is called with no arguments and returns a loss to compare the final
+    validation loss with, e.g. the corpus's unigram entropy in nats per token; `sample_prompts` are
+    completed by the trained model at the end. `config_text` and `provenance` (given by the config as
+    `!var pp_config` and `!var config_provenance`) are written to the run's logging directory.
+    """
+
+    def __init__(
+        self,
+        trainer: Any,
+        *,
+        do_train: bool = True,
+        do_eval: bool = True,
+        do_save: bool = True,
+        save_dir: str | None = None,
+        baseline: Callable[[], float] | None = None,
+        baseline_name: str = "baseline",
+        sample_prompts: Sequence[str] = (),
+        max_new_tokens: int = 60,
+        config_text: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ):
+        self.trainer = trainer
+        self.do_train = do_train
+        self.do_eval = do_eval
+        self.do_save = do_save
+        self.save_dir = save_dir
+        self.baseline = baseline
+        self.baseline_name = baseline_name
+        self.sample_prompts = list(sample_prompts)
+        self.max_new_tokens = max_new_tokens
+        self.config_text = config_text
+        self.provenance = provenance
+
+    def run(self) -> dict[str, Any]:
+        """Train, evaluate, save and sample as configured; returns the final metrics."""
+        self._write_run_info()
+        results: dict[str, Any] = {}
+        if self.do_train:
+            self.trainer.train()
+        if self.do_eval:
+            results.update(self.trainer.evaluate() or {})
+        if self.do_save:
+            self.trainer.save_model(self.save_dir)
+        if _is_rank_zero():
+            self._report(results)
+            if self.sample_prompts:
+                results["samples"] = self._samples()
+        return results
+
+    def _write_run_info(self) -> None:
+        if not _is_rank_zero():
+            return
+        logging_dir = getattr(getattr(self.trainer, "args", None), "logging_dir", None)
+        if not logging_dir:
+            return
+        directory = Path(logging_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.config_text is not None:
+            (directory / "config.yaml").write_text(self.config_text, encoding="utf-8")
+        if self.provenance is not None:
+            (directory / "provenance.json").write_text(
+                json.dumps(self.provenance, indent=2, default=str), encoding="utf-8"
+            )
+
+    def _report(self, results: dict[str, Any]) -> None:
+        loss = results.get("eval_loss")
+        if loss is None:
+            return
+        line = f"validation loss {loss:.4f} nats/token (perplexity {math.exp(min(loss, 50)):.2f})"
+        if self.baseline is not None:
+            value = float(self.baseline())
+            results[self.baseline_name.replace(" ", "_")] = value
+            verdict = "below" if loss < value else "NOT below"
+            line += f"; {self.baseline_name} {value:.4f} nats/token: {verdict} it by {value - loss:+.4f}"
+        print(line, flush=True)
+
+    def _samples(self) -> list[str]:
+        import torch
+
+        model = getattr(self.trainer, "unwrapped_model", None) or getattr(
+            self.trainer, "model", None
+        )
+        tokenizer = getattr(self.trainer, "processing_class", None)
+        if model is None or tokenizer is None or not hasattr(model, "generate"):
+            return []
+        model.eval()
+        device = next(model.parameters()).device
+        texts = []
+        for prompt in self.sample_prompts:
+            encoded = tokenizer(prompt, return_tensors="pt").to(device)
+            with torch.no_grad():
+                output = model.generate(
+                    **encoded,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=True,
+                    top_k=40,
+                    temperature=0.8,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            text = tokenizer.decode(output[0], skip_special_tokens=True)
+            texts.append(text)
+            print(f"--- sample ---\n{text}", flush=True)
+        return texts
