@@ -10,7 +10,18 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from forgather.cli import common, explain, generate, inspect, scaffold, train
+from forgather.cli import (
+    checkpoint,
+    common,
+    control,
+    dataset,
+    explain,
+    generate,
+    inspect,
+    scaffold,
+    train,
+)
+from forgather.cli import tb as tb_command  # `tb` is the traceback module here
 from forgather.cli.common import State
 
 
@@ -94,6 +105,10 @@ def main_options(
 inspect.register(app)
 explain.register(app)
 scaffold.register(app)
+dataset.register(app)
+checkpoint.register(app)
+control.register(app)
+tb_command.register(app)
 train.register(app)
 generate.register(app)
 

@@ -212,9 +212,13 @@ def record_flag_provenance(base: Config, flagged: Config, texts: dict[str, str])
         if before is not None and before[0] == value and type(before[0]) is type(value):
             continue
         previous = container.provenance.get(key)
-        overrode = list(previous.overrode) if previous else []
         if before is not None:
-            overrode.append((before[1].origin if before[1] else None, before[0]))
+            # What the config said without the flag: its own override chain, then its final value.
+            base_record = before[1]
+            overrode = list(base_record.overrode) if base_record else []
+            overrode.append((base_record.origin if base_record else None, before[0]))
+        else:
+            overrode = list(previous.overrode) if previous else []
         written_at = previous.origin if previous else None
         container.provenance[key] = Provenance(
             Origin(

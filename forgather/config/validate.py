@@ -23,7 +23,7 @@ from forgather.config.nodes import (
 )
 from forgather.config.specs import SPEC_RE, is_file_spec, resolve
 
-ALWAYS_KNOWN_VARS = frozenset({"pp_config"})
+ALWAYS_KNOWN_VARS = frozenset({"pp_config", "config_provenance"})
 
 
 def validate_graph(value: Any, known_vars: set[str] | None = None) -> list[errors.ConfigError]:

@@ -1,0 +1,1 @@
+"""The embedded corpora (data files) and the script that builds them."""

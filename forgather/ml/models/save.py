@@ -1,0 +1,120 @@
+"""Writing self-describing Hugging Face model directories.
+
+A directory written by :func:`save_model_dir` for a forgather model holds ``config.json`` (with an
+``auto_map`` pointing at the copied source), every ``*.py`` file of
+``forgather/ml/models/transformer/``, ``model.safetensors``, ``generation_config.json`` and the
+tokenizer files, so that::
+
+    AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)
+
+works in an environment with only torch and transformers installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .transformer import ForgatherConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent / "transformer"
+AUTO_MAP = {
+    "AutoConfig": "configuration_forgather.ForgatherConfig",
+    "AutoModel": "modeling_forgather.ForgatherModel",
+    "AutoModelForCausalLM": "modeling_forgather.ForgatherForCausalLM",
+}
+
+
+def package_source_files() -> list[Path]:
+    """The source files of the self-contained model package (copied into saved directories)."""
+    return sorted(PACKAGE_DIR.glob("*.py"))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying model of DDP/FSDP-style (``.module``) and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif (
+            isinstance(model, nn.Module)
+            and hasattr(model, "module")
+            and not hasattr(model, "config")
+        ):
+            model = model.module
+        else:
+            return model
+
+
+def is_forgather_model(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) == ForgatherConfig.model_type
+
+
+def save_model_dir(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    safe_serialization: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save ``model`` (and ``tokenizer``) as a directory loadable with ``from_pretrained``.
+
+    Forgather models additionally get their source files and an ``auto_map`` so that they load
+    with ``trust_remote_code=True`` where forgather is not installed. Any other ``PreTrainedModel``
+    (e.g. ``LlamaForCausalLM``) is saved with its own ``save_pretrained``.
+    ``safe_serialization=False`` writes ``pytorch_model.bin`` instead of ``model.safetensors``.
+    Returns the directory.
+    """
+    model = unwrap_model(model)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"{type(model).__name__} is not a transformers PreTrainedModel")
+
+    save_kwargs: dict[str, Any] = {}
+    if state_dict is not None:
+        save_kwargs["state_dict"] = state_dict
+    accepts_safe = "safe_serialization" in inspect.signature(model.save_pretrained).parameters
+    if accepts_safe:
+        save_kwargs["safe_serialization"] = safe_serialization
+    model.save_pretrained(out, **save_kwargs)
+    if not safe_serialization and not accepts_safe:
+        _convert_to_torch_bin(model, out, state_dict)
+
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and not (out / "generation_config.json").exists():
+        generation_config.save_pretrained(out)
+
+    if is_forgather_model(model):
+        for source in package_source_files():
+            shutil.copyfile(source, out / source.name)
+        config_path = out / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["auto_map"] = dict(AUTO_MAP)
+        config["architectures"] = [type(model).__name__]
+        config_path.write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def _convert_to_torch_bin(
+    model: nn.Module, out: Path, state_dict: dict[str, torch.Tensor] | None
+) -> None:
+    """Replace the safetensors weights just written by a ``pytorch_model.bin``."""
+    weights = state_dict if state_dict is not None else model.state_dict()
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items() if k not in tied}
+    for path in out.glob("model*.safetensors*"):
+        path.unlink()
+    torch.save(weights, out / "pytorch_model.bin")

@@ -1,0 +1,332 @@
+"""`TrainingArguments`: what a training run does, with the field names Hugging Face users know.
+
+Every field carries a docstring (the string literal under it); `field_docs()` reads them, and
+`docs/trainers/options.md` is generated from them (`python -m forgather.ml.train.options_doc`).
+Built from a config (`!singleton:forgather.ml.train.args:TrainingArguments {...}`) the config engine
+checks keyword names against this dataclass's signature and reports unknown ones with file and line;
+`TrainingArguments.from_dict(d, source=...)` gives the same kind of error for plain dictionaries.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import os
+import textwrap
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
+STRATEGIES = ("no", "steps", "epoch")
+
+
+def _timestamp() -> str:
+    return datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+
+
+@dataclass
+class TrainingArguments:
+    """Arguments of a training run. All are keyword arguments; see `docs/trainers/options.md`."""
+
+    # --- output ---
+    output_dir: str = "output"
+    """Directory for checkpoints (`<output_dir>/checkpoints/`) and the saved model."""
+
+    logging_dir: str | None = None
+    """Directory for logs (TensorBoard, JSON lines); None means `<output_dir>/runs/<run_name>`."""
+
+    run_name: str | None = None
+    """Name of this run, used in `logging_dir`; None means the start time, `YYYY-MM-DDTHH-MM-SS`."""
+
+    overwrite_output_dir: bool = False
+    """Start from scratch even if `<output_dir>/checkpoints/` holds checkpoints (they are deleted).
+    Without it, and without `resume_from_checkpoint`, existing checkpoints are an error."""
+
+    # --- batches and length ---
+    per_device_train_batch_size: int = 8
+    """Training samples per micro-batch on each process."""
+
+    per_device_eval_batch_size: int = 8
+    """Evaluation samples per batch on each process."""
+
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the global batch is this × per-device batch × world size."""
+
+    num_train_epochs: float = 3.0
+    """Epochs to train (may be fractional); ignored when `max_steps` > 0."""
+
+    max_steps: int = -1
+    """Optimizer steps to train; -1 means derive from `num_train_epochs`."""
+
+    # --- optimizer ---
+    learning_rate: float = 5e-5
+    """Peak learning rate (the schedule multiplies it)."""
+
+    weight_decay: float = 0.0
+    """Decoupled weight decay; biases, norm weights (any parameter with fewer than 2 dims) get none."""
+
+    adam_beta1: float = 0.9
+    """AdamW beta1 (SGD: momentum is not used)."""
+
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+
+    optim: str = "adamw"
+    """Default optimizer when no `optimizer_factory` is given: "adamw" or "sgd"."""
+
+    lr_scheduler_type: str = "linear"
+    """Default LR schedule when no `lr_scheduler_factory` is given: "linear", "cosine", "constant",
+    "wsd" (warmup-stable-decay) or "infinite" (see `forgather.ml.optim`)."""
+
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the schedule (e.g. `min_lr_ratio`, `decay_ratio`)."""
+
+    warmup_steps: int = 0
+    """Linear warmup steps; when 0, `warmup_ratio` × total steps is used."""
+
+    warmup_ratio: float = 0.0
+    """Fraction of the total steps used for warmup when `warmup_steps` is 0."""
+
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; None only measures it (logged as `grad_norm`)."""
+
+    # --- precision ---
+    bf16: bool = False
+    """Run forward passes under bfloat16 autocast."""
+
+    fp16: bool = False
+    """Run forward passes under float16 autocast with a gradient scaler."""
+
+    # --- evaluation ---
+    eval_strategy: str = "no"
+    """When to evaluate: "no", "steps" (every `eval_steps`) or "epoch"."""
+
+    eval_steps: int | None = None
+    """Evaluate every this many optimizer steps (eval_strategy "steps"); None means `logging_steps`."""
+
+    max_eval_steps: int = -1
+    """Evaluate at most this many batches in total (shared among processes); -1 means all."""
+
+    # --- logging ---
+    logging_strategy: str = "steps"
+    """When to log training metrics: "no", "steps" (every `logging_steps`) or "epoch"."""
+
+    logging_steps: int = 500
+    """Log every this many optimizer steps (logging_strategy "steps")."""
+
+    logging_first_step: bool = False
+    """Also log after the first optimizer step."""
+
+    # --- checkpoints ---
+    save_strategy: str = "steps"
+    """When to write a checkpoint: "no", "steps" (every `save_steps`) or "epoch". Unless "no",
+    a final checkpoint is also written at the end of training (not when aborting)."""
+
+    save_steps: int = 500
+    """Write a checkpoint every this many optimizer steps (save_strategy "steps")."""
+
+    save_total_limit: int | None = None
+    """Keep only the newest this many checkpoints (by step number); None keeps all."""
+
+    save_best: bool = False
+    """Keep the checkpoint with the best `metric_for_best_model` from pruning, and write a checkpoint
+    whenever an evaluation improves on the best so far. Needs evaluation."""
+
+    metric_for_best_model: str = "eval_loss"
+    """Metric that ranks checkpoints for `save_best` and `load_best_model_at_end`."""
+
+    greater_is_better: bool | None = None
+    """Whether a larger `metric_for_best_model` is better; None means False for names ending in
+    "loss" or "perplexity", else True."""
+
+    load_best_model_at_end: bool = False
+    """After training (and the final checkpoint), load the weights of the best checkpoint."""
+
+    resume_from_checkpoint: bool | str | None = None
+    """Resume exactly: None/False start fresh; True or "latest" the newest complete checkpoint in
+    `output_dir`; a path that checkpoint. Anything missing or mismatched is an error."""
+
+    # --- reproducibility and data ---
+    seed: int = 42
+    """Seed for Python, NumPy and torch before the model is built."""
+
+    data_seed: int | None = None
+    """Seed of the per-epoch data order; None means `seed`."""
+
+    dataloader_num_workers: int = 0
+    """Worker processes of each DataLoader."""
+
+    dataloader_drop_last: bool = False
+    """Drop the last incomplete batch of each epoch (and the remainder that does not shard evenly)."""
+
+    dataloader_pin_memory: bool = True
+    """Pin host memory of batches (only effective on CUDA)."""
+
+    # --- speed ---
+    torch_compile: bool = False
+    """Compile the model with `torch.compile`."""
+
+    torch_compile_backend: str | None = None
+    """`torch.compile` backend; None means torch's default ("inductor")."""
+
+    torch_compile_mode: str | None = None
+    """`torch.compile` mode (e.g. "max-autotune"); None means torch's default."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (the model must support
+    `gradient_checkpointing_enable()`)."""
+
+    # --- devices and distribution ---
+    device: str | None = None
+    """Device to train on; None means `cuda:<LOCAL_RANK>` when CUDA is available, else "cpu"."""
+
+    ddp_backend: str | None = None
+    """torch.distributed backend; None means "nccl" on CUDA, else "gloo"."""
+
+    ddp_find_unused_parameters: bool = False
+    """Passed to DistributedDataParallel as `find_unused_parameters`."""
+
+    ddp_timeout: int = 1800
+    """Timeout of collective operations, in seconds."""
+
+    def __post_init__(self) -> None:
+        if self.run_name is None:
+            self.run_name = _timestamp()
+        if self.logging_dir is None:
+            self.logging_dir = os.path.join(self.output_dir, "runs", self.run_name)
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        if self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        if self.greater_is_better is None:
+            name = self.metric_for_best_model
+            self.greater_is_better = not (name.endswith("loss") or name.endswith("perplexity"))
+        if self.lr_scheduler_kwargs is None:
+            self.lr_scheduler_kwargs = {}
+        if self.resume_from_checkpoint is False:
+            self.resume_from_checkpoint = None
+        self._validate()
+
+    def _validate(self) -> None:
+        def require(condition: bool, name: str, rule: str) -> None:
+            if not condition:
+                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+        require(
+            self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1"
+        )
+        require(self.num_train_epochs >= 0, "num_train_epochs", "must be >= 0")
+        require(self.max_steps == -1 or self.max_steps > 0, "max_steps", "must be -1 or > 0")
+        require(
+            self.max_eval_steps == -1 or self.max_eval_steps > 0,
+            "max_eval_steps",
+            "must be -1 or > 0",
+        )
+        require(self.learning_rate >= 0, "learning_rate", "must be >= 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(0 <= self.adam_beta1 < 1, "adam_beta1", "must be in [0, 1)")
+        require(0 <= self.adam_beta2 < 1, "adam_beta2", "must be in [0, 1)")
+        require(self.adam_epsilon >= 0, "adam_epsilon", "must be >= 0")
+        require(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}")
+        require(
+            self.lr_scheduler_type in LR_SCHEDULERS,
+            "lr_scheduler_type",
+            f"must be one of {LR_SCHEDULERS}",
+        )
+        require(
+            isinstance(self.lr_scheduler_kwargs, dict), "lr_scheduler_kwargs", "must be a mapping"
+        )
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
+        require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            "must be > 0 or None",
+        )
+        require(not (self.bf16 and self.fp16), "fp16", "cannot be combined with bf16=True")
+        for name in ("eval_strategy", "logging_strategy", "save_strategy"):
+            require(getattr(self, name) in STRATEGIES, name, f"must be one of {STRATEGIES}")
+        for name in ("eval_steps", "logging_steps", "save_steps"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+        require(
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            "save_total_limit",
+            "must be >= 1 or None",
+        )
+        require(
+            not (self.save_best or self.load_best_model_at_end) or self.eval_strategy != "no",
+            "eval_strategy",
+            "must not be 'no' when save_best or load_best_model_at_end is set",
+        )
+        require(
+            not self.load_best_model_at_end or self.save_strategy != "no",
+            "save_strategy",
+            "must not be 'no' when load_best_model_at_end is set",
+        )
+        require(
+            self.resume_from_checkpoint is None
+            or self.resume_from_checkpoint is True
+            or isinstance(self.resume_from_checkpoint, str | os.PathLike),
+            "resume_from_checkpoint",
+            'must be None, True, "latest" or a path',
+        )
+        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        require(self.ddp_timeout > 0, "ddp_timeout", "must be > 0")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: Any = None) -> TrainingArguments:
+        """Build from a mapping; an unknown name raises `ArgumentError` with a close-match hint.
+
+        `source` (an `Origin`, or a file name) says where the mapping came from and prefixes the error.
+        """
+        from forgather.config.errors import ArgumentError
+        from forgather.config.origin import Origin
+
+        known = cls.field_names()
+        for name in d:
+            if name not in known:
+                hint = difflib.get_close_matches(str(name), known, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                origin = (
+                    source if source is None or isinstance(source, Origin) else Origin(str(source))
+                )
+                raise ArgumentError(f"unknown training argument {name!r}{suggestion}", origin)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@cache
+def field_docs() -> dict[str, str]:
+    """The docstring under each field of `TrainingArguments`, by field name (read from the source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainingArguments)))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+__all__ = ["TrainingArguments", "field_docs"]

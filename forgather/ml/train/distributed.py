@@ -1,0 +1,147 @@
+"""The distributed environment, read only from the variables `torchrun` sets, and small collectives.
+
+Without torchrun (no WORLD_SIZE) this is a single process: rank 0 of 1, and every helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedEnvironment:
+    """Rank, world size and device of this process, and the process group when world_size > 1."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DistributedEnvironment:
+        """Read RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT."""
+        env = os.environ if env is None else env
+
+        def integer(name: str, default: int) -> int:
+            value = env.get(name)
+            if value in (None, ""):
+                return default
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(
+                    f"environment variable {name}={value!r} is not an integer"
+                ) from None
+
+        world_size = integer("WORLD_SIZE", 1)
+        rank = integer("RANK", 0)
+        local_rank = integer("LOCAL_RANK", 0)
+        local_world_size = integer("LOCAL_WORLD_SIZE", world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad torchrun variables: RANK={rank} WORLD_SIZE={world_size}")
+        if not 0 <= local_rank < local_world_size:
+            raise ValueError(
+                f"bad torchrun variables: LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world_size}"
+            )
+        port = env.get("MASTER_PORT")
+        return cls(
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+            local_world_size=local_world_size,
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=int(port) if port else None,
+        )
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.local_rank == 0
+
+    def default_device(self, requested: str | None = None) -> torch.device:
+        """`requested` if given, else cuda:<local_rank> when CUDA is available, else cpu."""
+        if requested is not None:
+            device = torch.device(requested)
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", self.local_rank)
+            return device
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def init_process_group(
+        self, device: torch.device, backend: str | None = None, timeout_s: float = 1800
+    ) -> None:
+        """Join the process group (nccl on CUDA, gloo otherwise) when world_size > 1."""
+        if not self.is_distributed or dist.is_initialized():
+            return
+        if self.master_addr is None or self.master_port is None:
+            raise RuntimeError(
+                f"WORLD_SIZE={self.world_size} but MASTER_ADDR/MASTER_PORT are not set: start with torchrun"
+            )
+        if backend is None:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend=backend,
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+
+    @property
+    def initialized(self) -> bool:
+        return self.is_distributed and dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.initialized:
+            dist.barrier()
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce `tensor` in place over all ranks ("sum", "mean" or "max") and return it."""
+        if not self.initialized:
+            return tensor
+        if op == "mean":
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor /= self.world_size
+        elif op == "sum":
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        elif op == "max":
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        else:
+            raise ValueError(f"unknown reduce op {op!r}")
+        return tensor
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """`obj` from rank `src` on every rank."""
+        if not self.initialized:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def cleanup(self) -> None:
+        """Leave the process group (if this process joined one)."""
+        if self.initialized:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+__all__ = ["DistributedEnvironment"]

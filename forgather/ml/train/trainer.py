@@ -1,0 +1,703 @@
+"""The trainer: one training loop for a single process and for DDP (started with torchrun).
+
+Read top to bottom: `__init__` (environment, seed, model), `train()` (set-up, resume, the epoch loop,
+the final save), `train_step()` (one optimizer step over a gradient-accumulation group), `evaluate()`,
+and the helpers for logging, checkpoints and callbacks. Data order, checkpoints, RNG, the loss,
+LR schedules and the distributed environment each live in their own module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from forgather.ml.optim import get_lr_scheduler, make_optimizer
+from forgather.ml.train.args import TrainingArguments
+from forgather.ml.train.callbacks.base import CallbackHandler
+from forgather.ml.train.checkpoint import (
+    MODEL_FILE,
+    CheckpointError,
+    CheckpointManager,
+    _load_weights,
+    resolve_checkpoint,
+    unwrap_model,
+)
+from forgather.ml.train.data_state import (
+    DataPosition,
+    EvalBatchSampler,
+    ResumableDistributedSampler,
+    batches_per_epoch,
+    check_data_state,
+    data_state_dict,
+)
+from forgather.ml.train.distributed import DistributedEnvironment
+from forgather.ml.train.loss import IGNORE_INDEX, causal_lm_loss, logits_of
+from forgather.ml.train.rng import get_rng_state, set_rng_state, set_seed
+from forgather.ml.train.state import TrainerControl, TrainerState
+
+CONTROL_FLAGS = (
+    "should_training_stop",
+    "should_epoch_stop",
+    "should_save",
+    "should_evaluate",
+    "should_log",
+    "should_abort_without_save",
+)
+# Trainer-state fields a resumed run takes from the checkpoint (the rest describe this run's set-up).
+RESUMED_STATE_FIELDS = (
+    "global_step",
+    "epoch",
+    "num_input_tokens_seen",
+    "total_flos",
+    "best_metric",
+    "best_model_checkpoint",
+    "log_history",
+)
+
+
+class Trainer:
+    """Trains `model` on `train_dataset` as `args` say; see `docs/trainers/options.md`.
+
+    - `model` or `model_init` (called with no arguments after seeding) gives the model.
+    - `data_collator(list_of_samples) -> batch dict` (default: transformers' `default_data_collator`).
+    - `optimizer_factory`: called as `optimizer_factory(named_parameters)` with a list of
+      `(name, parameter)` pairs when its first parameter is named `named_parameters`, else as
+      `optimizer_factory(params)` with a list of the trainable parameters (so `torch.optim.AdamW` as a
+      partial works). Default: AdamW (or SGD) from `args`, no weight decay on biases and norms.
+    - `lr_scheduler_factory(optimizer=optimizer, num_training_steps=max_steps)`; default:
+      `get_lr_scheduler(args.lr_scheduler_type, ...)` with the warmup from `args`.
+    - `compute_loss_func(outputs, labels) -> loss`: replaces the default shifted causal-LM
+      cross-entropy. Either way `labels` (default: `input_ids`) are popped from the batch, not passed
+      to the model.
+    - `callbacks`: objects with any of the `TrainerCallback` methods.
+
+    `checkpoint_metadata` (`config_digest`, `git_sha`, `image_digest`) may be set before `train()`;
+    it goes into each checkpoint's manifest.
+    """
+
+    def __init__(
+        self,
+        *,
+        args: TrainingArguments,
+        model: torch.nn.Module | None = None,
+        model_init: Callable[[], torch.nn.Module] | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        data_collator: Callable | None = None,
+        processing_class: Any = None,
+        optimizer_factory: Callable | None = None,
+        lr_scheduler_factory: Callable | None = None,
+        callbacks: Iterable[Any] | None = None,
+        compute_loss_func: Callable | None = None,
+    ):
+        self.args = args
+        self.env = DistributedEnvironment.from_env()
+        self.device = self.env.default_device(args.device)
+        self.env.init_process_group(self.device, args.ddp_backend, args.ddp_timeout)
+        set_seed(args.seed)
+        if model is None:
+            if model_init is None:
+                raise ValueError("Trainer needs a model or a model_init")
+            model = model_init()
+        self.model = model.to(self.device)
+        self.wrapped_model: torch.nn.Module = self.model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        if data_collator is None:
+            from transformers import default_data_collator as data_collator
+        self.data_collator = data_collator
+        self.processing_class = processing_class
+        self.optimizer_factory = optimizer_factory
+        self.lr_scheduler_factory = lr_scheduler_factory
+        self.compute_loss_func = compute_loss_func
+        self.callback_handler = CallbackHandler(callbacks or [])
+        self.checkpoint_metadata: dict[str, Any] = {}
+
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: Any = None
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        self.train_dataloader: DataLoader | None = None
+        self.eval_dataloader: DataLoader | None = None
+        self.checkpoints: CheckpointManager | None = None
+        self.position = DataPosition()
+        self.state = TrainerState(
+            logging_steps=args.logging_steps,
+            eval_steps=args.eval_steps,
+            save_steps=args.save_steps,
+            train_batch_size=args.per_device_train_batch_size,
+            effective_batch_size=args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * self.env.world_size,
+            is_world_process_zero=self.env.is_main_process,
+            is_local_process_zero=self.env.is_local_main_process,
+            world_size=self.env.world_size,
+            rank=self.env.rank,
+        )
+        self.control = TrainerControl()
+        self._last_eval: tuple[int, dict[str, float], bool] | None = None  # step, metrics, improved
+        self._last_save_step = -1
+        self._dispatch("on_init_end")
+
+    # ------------------------------------------------------------------ training
+
+    def train(self) -> TrainerState:
+        """Train (resuming first if `args.resume_from_checkpoint`), save a final checkpoint unless
+        aborted, and return the trainer state."""
+        args, state = self.args, self.state
+        self._setup_training()
+        rng_state = self._resume_or_start()
+        self._dispatch("on_train_begin")
+        if rng_state is not None:  # after on_train_begin, so callbacks cannot shift the RNG stream
+            set_rng_state(rng_state)
+        start_time, start_step = time.perf_counter(), state.global_step
+
+        while state.global_step < state.max_steps and not self._stopping():
+            self._train_epoch()
+        if not self.control.should_abort_without_save:
+            if args.save_strategy != "no" and self._last_save_step != state.global_step:
+                self._save_checkpoint()
+            best = self.checkpoints.best() if args.load_best_model_at_end else None
+            if best is not None:
+                _load_weights(unwrap_model(self.model), best / MODEL_FILE)
+
+        self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
+        self._dispatch("on_train_end")
+        return state
+
+    def _train_epoch(self) -> None:
+        """Run the rest of the current epoch (from `self.position`), then its end-of-epoch actions."""
+        args, state, position = self.args, self.state, self.position
+        accumulation = args.gradient_accumulation_steps
+        self.control.should_epoch_stop = False
+        self.train_sampler.set_epoch(
+            position.epoch, start=position.batches_consumed * args.per_device_train_batch_size
+        )
+        self._dispatch("on_epoch_begin")
+        batches = iter(self.train_dataloader)
+        while position.batches_consumed < self.batches_per_epoch:
+            if state.global_step >= state.max_steps or self._stopping():
+                return  # stopped in the middle of an epoch: no end-of-epoch actions
+            if self.control.should_epoch_stop:
+                break
+            count = min(accumulation, self.batches_per_epoch - position.batches_consumed)
+            micro_batches = [self._to_device(next(batches)) for _ in range(count)]
+            for batch in micro_batches:
+                self._tokens_pending += _count_tokens(batch)
+            self._dispatch("on_step_begin")
+            loss, grad_norm = self.train_step(micro_batches)
+
+            position.batches_consumed += count
+            state.global_step += 1
+            state.epoch = position.epoch + position.batches_consumed / self.batches_per_epoch
+            self._loss_sum += loss
+            self._run_loss_sum += loss
+            self._interval_steps += 1
+            self._grad_norm = grad_norm
+            self._schedule_flags(
+                log=args.logging_strategy == "steps"
+                and (
+                    state.global_step % args.logging_steps == 0
+                    or (args.logging_first_step and state.global_step == 1)
+                ),
+                evaluate=args.eval_strategy == "steps" and state.global_step % args.eval_steps == 0,
+                save=args.save_strategy == "steps" and state.global_step % args.save_steps == 0,
+            )
+            self._dispatch("on_step_end")
+            self._act_on_control()
+
+        position.epoch, position.batches_consumed = position.epoch + 1, 0
+        state.epoch = float(position.epoch)
+        self._schedule_flags(
+            log=args.logging_strategy == "epoch",
+            evaluate=args.eval_strategy == "epoch",
+            save=args.save_strategy == "epoch",
+        )
+        self._dispatch("on_epoch_end")
+        self._act_on_control()
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over a gradient-accumulation group; returns (mean loss, grad norm)."""
+        self.wrapped_model.train()
+        count = len(micro_batches)
+        step_loss = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            is_last = i == count - 1
+            # Under DDP, gradients are all-reduced only in the backward pass of the last micro-batch.
+            with self._no_sync() if not is_last else nullcontext():
+                with self._autocast():
+                    loss = self.compute_loss(self.wrapped_model, batch) / count
+                self._backward(loss)
+            step_loss += loss.detach()
+            if not is_last:
+                self._dispatch("on_substep_end")
+
+        self._dispatch("on_pre_optimizer_step")
+        grad_norm = self._clip_gradients()
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self._dispatch("on_optimizer_step")
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, grad_norm
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of one batch: labels are popped (default: the input ids), the model sees the rest."""
+        inputs = dict(batch)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            labels = inputs["input_ids"]
+        outputs = model(**inputs)
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(outputs, labels)
+        return causal_lm_loss(logits_of(outputs), labels)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset: Any = None) -> dict[str, float]:
+        """Mean loss over the evaluation batches (all ranks together), and its perplexity."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset")
+        self.eval_dataloader = self._eval_dataloader(dataset)
+        start = time.perf_counter()
+        model = self.model  # the plain module: no DDP hooks, no recompilation for eval shapes
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
+        with torch.no_grad():
+            for batch in self.eval_dataloader:
+                with self._autocast():
+                    loss = self.compute_loss(model, self._to_device(batch))
+                totals[0] += loss.double()
+                totals[1] += 1
+        model.train(was_training)
+        loss_sum, batches = self.env.all_reduce(totals).tolist()
+        if batches == 0:
+            raise ValueError("the evaluation dataset gave no batches")
+        eval_loss = loss_sum / batches
+        metrics = {
+            "eval_loss": eval_loss,
+            "eval_perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf,
+            "eval_runtime": time.perf_counter() - start,
+            "eval_batches": int(batches),
+        }
+        improved = self._track_best(metrics)
+        self._last_eval = (self.state.global_step, metrics, improved)
+        self._log(metrics)
+        self._dispatch("on_evaluate", metrics=metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_training(self) -> None:
+        args, env = self.args, self.env
+        if self.train_dataset is None:
+            raise ValueError("train() needs a train_dataset")
+        if not hasattr(self.train_dataset, "__len__") or not hasattr(
+            self.train_dataset, "__getitem__"
+        ):
+            raise TypeError(
+                "the train_dataset must be map-style (len and indexing) for exact resume"
+            )
+        self.train_sampler = ResumableDistributedSampler(
+            len(self.train_dataset),
+            seed=args.data_seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            shuffle=True,
+            drop_last=args.dataloader_drop_last,
+        )
+        self.train_dataloader = DataLoader(
+            self.train_dataset,
+            batch_size=args.per_device_train_batch_size,
+            sampler=self.train_sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
+            drop_last=args.dataloader_drop_last,
+            # Its own generator: creating an iterator must not consume the global torch RNG.
+            generator=torch.Generator().manual_seed(args.data_seed),
+        )
+        self.batches_per_epoch = batches_per_epoch(
+            self.train_sampler, args.per_device_train_batch_size, args.dataloader_drop_last
+        )
+        if self.batches_per_epoch == 0:
+            raise ValueError("the training dataset is smaller than one batch per process")
+        steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+        else:
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+        self.state.max_steps = max_steps
+        self.state.num_train_epochs = (
+            math.ceil(max_steps / steps_per_epoch) if args.max_steps > 0 else args.num_train_epochs
+        )
+
+        if args.gradient_checkpointing:
+            _enable_gradient_checkpointing(self.model)
+        self.optimizer = self._create_optimizer()
+        self.lr_scheduler = self._create_scheduler(max_steps)
+        if args.fp16:
+            self.grad_scaler = torch.amp.GradScaler(self.device.type)
+
+        wrapped = self.model
+        self._ddp_model = None
+        if env.is_distributed:
+            wrapped = self._ddp_model = torch.nn.parallel.DistributedDataParallel(
+                wrapped,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=args.ddp_find_unused_parameters,
+            )
+        if args.torch_compile:
+            wrapped = torch.compile(
+                wrapped,
+                backend=args.torch_compile_backend or "inductor",
+                mode=args.torch_compile_mode,
+            )
+        self.wrapped_model = wrapped
+
+        self.checkpoints = CheckpointManager(
+            args.output_dir,
+            env=env,
+            save_total_limit=args.save_total_limit,
+            keep_best=args.save_best,
+            metric_for_best_model=args.metric_for_best_model,
+            greater_is_better=args.greater_is_better,
+            metadata=self.checkpoint_metadata,
+        )
+        zero = torch.zeros((), device=self.device)
+        self._loss_sum, self._run_loss_sum = zero.clone(), zero.clone()
+        self._tokens_pending = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._interval_steps = 0
+        self._grad_norm = zero.clone()
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
+
+    def _create_optimizer(self) -> torch.optim.Optimizer:
+        args = self.args
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            return make_optimizer(
+                named,
+                name=args.optim,
+                lr=args.learning_rate,
+                weight_decay=args.weight_decay,
+                betas=(args.adam_beta1, args.adam_beta2),
+                eps=args.adam_epsilon,
+            )
+        if _first_parameter_name(self.optimizer_factory) == "named_parameters":
+            return self.optimizer_factory(named)
+        return self.optimizer_factory([p for _, p in named])
+
+    def _create_scheduler(self, max_steps: int) -> Any:
+        args = self.args
+        if self.lr_scheduler_factory is not None:
+            return self.lr_scheduler_factory(optimizer=self.optimizer, num_training_steps=max_steps)
+        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
+        return get_lr_scheduler(
+            args.lr_scheduler_type, self.optimizer, warmup, max_steps, **args.lr_scheduler_kwargs
+        )
+
+    def _resume_or_start(self) -> dict[str, Any] | None:
+        """Load the checkpoint asked for (returning its RNG state), or check the output dir is free."""
+        args, env = self.args, self.env
+        if args.resume_from_checkpoint:
+            path = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+            loaded = self.checkpoints.load(
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler,
+                grad_scaler=self.grad_scaler,
+            )
+            try:
+                self.position = check_data_state(
+                    loaded.data_state, self.train_sampler, args.per_device_train_batch_size
+                )
+            except ValueError as error:
+                raise CheckpointError(f"{path}: {error}") from None
+            for name in RESUMED_STATE_FIELDS:
+                if name in loaded.trainer_state:
+                    setattr(self.state, name, loaded.trainer_state[name])
+            self._last_save_step = self.state.global_step
+            rng_state = loaded.rng_state
+        else:
+            existing = env.broadcast_object(
+                self.checkpoints.latest() if env.is_main_process else None
+            )
+            if existing is not None:
+                if not args.overwrite_output_dir:
+                    raise CheckpointError(
+                        f"{self.checkpoints.dir} already holds checkpoints (latest {existing.name}): "
+                        "pass resume_from_checkpoint=True to continue or overwrite_output_dir=True to start over"
+                    )
+                self.checkpoints.delete_all()
+            rng_state = None
+        self.checkpoints.clean_temp_dirs()
+        env.barrier()
+        return rng_state
+
+    # ------------------------------------------------------------------ control, logging, saving
+
+    def _schedule_flags(self, *, log: bool, evaluate: bool, save: bool) -> None:
+        """Set the flags the strategies ask for at this point; callbacks may add more."""
+        self.control.should_log |= log
+        self.control.should_evaluate |= evaluate and self.eval_dataset is not None
+        self.control.should_save |= save
+
+    def _act_on_control(self) -> None:
+        """Make every rank agree on the control flags, then log, evaluate and save as they say."""
+        self._sync_control()
+        control = self.control
+        if control.should_abort_without_save:
+            return
+        if control.should_log:
+            self._log_training()
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            self.evaluate()
+            if self.args.save_best and self._last_eval[2]:
+                self.control.should_save = True  # keep the new best
+        if self.control.should_save:
+            self._save_checkpoint()
+        self.control.reset_step_flags()
+
+    def _sync_control(self) -> None:
+        if not self.env.is_distributed:
+            return
+        flags = torch.tensor(
+            [int(getattr(self.control, name)) for name in CONTROL_FLAGS], device=self.device
+        )
+        self.env.all_reduce(flags, op="max")
+        for name, value in zip(CONTROL_FLAGS, flags.tolist(), strict=True):
+            setattr(self.control, name, bool(value))
+
+    def _stopping(self) -> bool:
+        return self.control.should_training_stop or self.control.should_abort_without_save
+
+    def _sync_tokens(self) -> None:
+        tokens = self.env.all_reduce(self._tokens_pending.clone())
+        self.state.num_input_tokens_seen += int(tokens.item())
+        self._tokens_pending.zero_()
+
+    def _log_training(self) -> None:
+        """Log the mean loss since the last log (over all ranks), grad norm, LR, epoch and tokens."""
+        if self._interval_steps == 0:
+            return
+        loss_sum = self.env.all_reduce(self._loss_sum.clone(), op="mean").item()
+        self._sync_tokens()
+        logs = {
+            "loss": loss_sum / self._interval_steps,
+            "grad_norm": self._grad_norm.item(),
+            "learning_rate": self._last_lr,
+            "epoch": self.state.epoch,
+            "tokens": self.state.num_input_tokens_seen,
+        }
+        self._loss_sum.zero_()
+        self._interval_steps = 0
+        self._log(logs)
+
+    def _log_summary(self, runtime: float, steps: int) -> None:
+        self._sync_tokens()
+        total_loss = self.env.all_reduce(self._run_loss_sum.clone(), op="mean").item()
+        samples = steps * self.state.effective_batch_size
+        self._log(
+            {
+                "train_runtime": runtime,
+                "train_samples_per_second": samples / runtime if runtime > 0 else 0.0,
+                "train_steps_per_second": steps / runtime if runtime > 0 else 0.0,
+                "train_loss": total_loss / steps if steps else math.nan,
+                "tokens": self.state.num_input_tokens_seen,
+            }
+        )
+
+    def _log(self, logs: dict[str, float]) -> None:
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._dispatch("on_log", logs=logs)
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Update `state.best_metric`; True when `metrics` improve on it."""
+        value = metrics.get(self.args.metric_for_best_model)
+        if value is None:
+            return False
+        best = self.state.best_metric
+        if best is None or (value > best if self.args.greater_is_better else value < best):
+            self.state.best_metric = value
+            return True
+        return False
+
+    def _save_checkpoint(self) -> None:
+        step = self.state.global_step
+        self._sync_tokens()
+        metrics, improved = None, False
+        if self._last_eval is not None and self._last_eval[0] == step:
+            _, metrics, improved = self._last_eval
+        if improved:
+            self.state.best_model_checkpoint = str(self.checkpoints.dir / f"checkpoint-{step}")
+        path = self.checkpoints.save(
+            step=step,
+            epoch=self.state.epoch,
+            model=self.model,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            trainer_state=self.state.to_dict(),
+            data_state=data_state_dict(
+                self.position, self.train_sampler, self.args.per_device_train_batch_size
+            ),
+            rng_state=get_rng_state(),
+            grad_scaler=self.grad_scaler,
+            metrics=metrics,
+        )
+        self._last_save_step = step
+        self._dispatch("on_save", checkpoint_dir=str(path))
+
+    def _dispatch(self, event: str, **kwargs: Any) -> None:
+        self.control = self.callback_handler.dispatch(
+            event,
+            self.args,
+            self.state,
+            self.control,
+            model=self.model,
+            processing_class=self.processing_class,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            train_dataloader=self.train_dataloader,
+            eval_dataloader=self.eval_dataloader,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _eval_dataloader(self, dataset: Any) -> DataLoader:
+        sampler = EvalBatchSampler(
+            len(dataset),
+            self.args.per_device_eval_batch_size,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            max_batches=self.args.max_eval_steps,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
+        )
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
+
+    def _autocast(self):
+        if self.args.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.args.fp16:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return nullcontext()
+
+    def _no_sync(self):
+        return self._ddp_model.no_sync() if self._ddp_model is not None else nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.grad_scaler is not None:
+            loss = self.grad_scaler.scale(loss)
+        loss.backward()
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip to `max_grad_norm` (or only measure when None); returns the norm before clipping."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.args.max_grad_norm is None:
+            return torch.nn.utils.get_total_norm([p.grad for p in params])
+        return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+
+    # ------------------------------------------------------------------ saving the model
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Write the model (and tokenizer) as a loadable directory; rank 0 writes, all ranks wait.
+
+        Forgather models go through `forgather.ml.models.save:save_model_dir`; other models with
+        `save_pretrained` use it (and the processing class's); plain modules get `model.safetensors`.
+        """
+        output_dir = output_dir or self.args.output_dir
+        if self.env.is_main_process:
+            model = unwrap_model(self.model)
+            saver = _forgather_saver(model)
+            if saver is not None:
+                saver(model, output_dir, tokenizer=self.processing_class)
+            elif hasattr(model, "save_pretrained"):
+                model.save_pretrained(output_dir)
+                if hasattr(self.processing_class, "save_pretrained"):
+                    self.processing_class.save_pretrained(output_dir)
+            else:
+                from safetensors.torch import save_model as save_safetensors
+
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
+                save_safetensors(model, str(Path(output_dir) / MODEL_FILE))
+        self.env.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (under torchrun); call once done with the trainer."""
+        self.env.cleanup()
+
+
+def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
+    """Non-padding tokens of a batch: the attention mask's sum, else labels that are not ignored."""
+    if isinstance(batch.get("attention_mask"), torch.Tensor):
+        return batch["attention_mask"].sum()
+    if isinstance(batch.get("labels"), torch.Tensor):
+        return (batch["labels"] != IGNORE_INDEX).sum()
+    return torch.tensor(batch["input_ids"].numel())
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation recomputation (transformers >= 5 name first, then the older one)."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        raise ValueError(
+            "gradient_checkpointing=True but the model has no gradient_checkpointing_enable()"
+        )
+
+
+def _first_parameter_name(factory: Callable) -> str | None:
+    """The name of the first parameter `factory` still takes (looking through `!partial` wrappers)."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if (
+        parameters
+        and parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
+        and hasattr(factory, "func")
+    ):
+        return _first_parameter_name(factory.func)  # a config `!partial`: look at its target
+    return parameters[0].name if parameters else None
+
+
+def _forgather_saver(model: torch.nn.Module) -> Callable | None:
+    """`save_model_dir` for Forgather models (when the models package is importable), else None."""
+    try:
+        from forgather.ml.models.save import is_forgather_model, save_model_dir
+    except ImportError:
+        return None
+    return save_model_dir if is_forgather_model(model) else None
+
+
+__all__ = ["Trainer"]

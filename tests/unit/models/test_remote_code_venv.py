@@ -1,0 +1,198 @@
+"""The headline: a saved directory loads and generates in a venv without forgather.
+
+A fresh virtual environment gets only ``torch``, ``transformers`` and ``safetensors`` (the versions
+of this interpreter); it is cached under ``~/.cache/forgather-tests/`` keyed by those versions
+(override the root with ``FORGATHER_TEST_CACHE``), so reruns skip the install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import safetensors
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from forgather.ml.models.save import save_model_dir
+
+from .conftest import VOCAB, flex_skip_reason, tiny_model
+
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
+
+TORCH_VERSION = torch.__version__.split("+")[0]
+REQUIREMENTS = (
+    f"torch=={TORCH_VERSION}",
+    f"transformers=={transformers.__version__}",
+    f"safetensors=={safetensors.__version__}",
+)
+INPUT_IDS = [[5, 17, 33, 2, 9, 41, 60, 11], [7, 7, 81, 23, 50, 3, 19, 92]]
+
+CONFIGS = {
+    "llama_like": dict(
+        attention_backend="sdpa",
+        num_key_value_heads=2,
+        qk_norm=True,
+        tie_word_embeddings=True,
+        rope_scaling={"type": "yarn", "factor": 2.0},
+    ),
+    "deepnet_alibi": dict(
+        attention_backend="eager",
+        layer_type="deepnet",
+        norm="layernorm",
+        feedforward="mlp",
+        positional_encoding="alibi",
+        attention_bias=True,
+        mlp_bias=True,
+    ),
+    "post_ln_sinusoidal_flex": dict(
+        attention_backend="flex" if flex_skip_reason() is None else "sdpa",
+        layer_type="post_ln",
+        positional_encoding="sinusoidal",
+        embedding_scale=4.0,
+    ),
+}
+
+CHILD = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    assert importlib.util.find_spec("forgather") is None, "forgather is importable"
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    jobs = json.loads(sys.argv[1])
+    ids = torch.tensor(json.loads(sys.argv[2]))
+    report = {}
+    for name, (model_dir, out_path) in jobs.items():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(ids).logits
+            generated = model.generate(
+                ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        save_file({"logits": logits.contiguous(), "generated": generated.contiguous()}, out_path)
+        report[name] = type(model).__module__
+    leaked = sorted(m for m in sys.modules if m == "forgather" or m.startswith("forgather."))
+    assert not leaked, leaked
+    print(json.dumps({"modules": report, "torch": torch.__version__}))
+    """
+)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.pop("VIRTUAL_ENV", None)
+    env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"}, **extra)
+    return env
+
+
+def _venv_python(env_dir: Path) -> Path:
+    return env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+
+
+@pytest.fixture(scope="module")
+def remote_venv(tmp_path_factory) -> Path:
+    """Python of a venv with only torch/transformers/safetensors (cached across runs)."""
+    root = Path(os.environ.get("FORGATHER_TEST_CACHE", Path.home() / ".cache" / "forgather-tests"))
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    key = "-".join([py, *(r.replace("==", "") for r in REQUIREMENTS)])
+    env_dir = root / f"remote-code-venv-{key}"
+    marker = env_dir / ".forgather-complete"
+    python = _venv_python(env_dir)
+    if marker.exists() and python.exists():
+        return python
+    shutil.rmtree(env_dir, ignore_errors=True)
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    cwd = tmp_path_factory.mktemp("venv-build")
+    run = dict(cwd=cwd, env=_clean_env(), capture_output=True, text=True)
+    made = subprocess.run([sys.executable, "-m", "venv", str(env_dir)], timeout=300, **run)
+    assert made.returncode == 0, made.stderr
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS], timeout=1800, **run
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    marker.write_text(json.dumps(REQUIREMENTS) + "\n")
+    return python
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, tuple[Path, object]]:
+    root = tmp_path_factory.mktemp("saved-models")
+    models = {}
+    for i, (name, overrides) in enumerate(CONFIGS.items()):
+        model = tiny_model(seed=i, num_hidden_layers=3, **overrides)
+        models[name] = (save_model_dir(model, root / name), model)
+    return models
+
+
+@pytest.fixture(scope="module")
+def remote_results(remote_venv, saved_models, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("remote-run")  # cwd without forgather on sys.path
+    jobs = {
+        name: [str(path), str(work / f"{name}.safetensors")]
+        for name, (path, _) in saved_models.items()
+    }
+    result = subprocess.run(
+        [str(remote_venv), "-c", CHILD, json.dumps(jobs), json.dumps(INPUT_IDS)],
+        cwd=work,
+        env=_clean_env(HF_MODULES_CACHE=str(work / "hf_modules")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    tensors = {name: load_file(out) for name, (_, out) in jobs.items()}
+    return {"report": report, "tensors": tensors}
+
+
+def test_venv_has_no_forgather(remote_venv, tmp_path):
+    probe = subprocess.run(
+        [str(remote_venv), "-c", "import forgather"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
+    versions = subprocess.run(
+        [
+            str(remote_venv),
+            "-c",
+            "import torch, transformers; print(torch.__version__, transformers.__version__)",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    torch_version, transformers_version = versions.stdout.split()
+    assert torch_version.split("+")[0] == TORCH_VERSION
+    assert transformers_version == transformers.__version__
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_remote_code_logits_and_generation_match(remote_results, saved_models, name):
+    _, model = saved_models[name]
+    module = remote_results["report"]["modules"][name]
+    assert module.startswith("transformers_modules") and module.endswith("modeling_forgather")
+    remote = remote_results["tensors"][name]
+    ids = torch.tensor(INPUT_IDS)
+    with torch.no_grad():
+        logits = model(ids).logits
+        generated = model.generate(
+            ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+    assert remote["logits"].shape == (2, 8, VOCAB)
+    torch.testing.assert_close(remote["logits"], logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(remote["generated"], generated)

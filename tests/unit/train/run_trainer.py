@@ -1,0 +1,65 @@
+"""Run the trainer on the tiny Llama as a separate process (alone or under torchrun), for tests that
+kill a run (`kill -9`) and resume it.
+
+    python -m tests.unit.train.run_trainer --args '{"output_dir": "out", "max_steps": 12}' \
+        --records out/log.jsonl [--weights w.pt] [--hang-after-save 8] [--samples 40] [--hidden 64]
+
+`--hang-after-save K` makes the run sleep right after checkpoint K is written (a marker file
+`<output_dir>/hanging` appears), so a test can kill it at a known point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from forgather.ml.train.args import TrainingArguments
+from forgather.ml.train.trainer import Trainer
+from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
+
+
+class HangAfterSave:
+    def __init__(self, step: int, marker: Path):
+        self.step, self.marker = step, marker
+
+    def on_save(self, args, state, control, checkpoint_dir=None, **kwargs):
+        if state.global_step == self.step:
+            if state.is_world_process_zero:
+                self.marker.write_text(str(checkpoint_dir))
+            time.sleep(3600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--args", required=True, help="TrainingArguments as JSON")
+    parser.add_argument("--records", required=True)
+    parser.add_argument("--weights")
+    parser.add_argument("--hang-after-save", type=int)
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--hidden", type=int, default=64)
+    options = parser.parse_args()
+
+    torch.set_num_threads(1)
+    args = TrainingArguments.from_dict(json.loads(options.args))
+    callbacks = [Recorder(options.records)]
+    if options.hang_after_save is not None:
+        callbacks.append(HangAfterSave(options.hang_after_save, Path(args.output_dir) / "hanging"))
+    trainer = Trainer(
+        args=args,
+        model_init=lambda: tiny_llama(options.hidden),
+        train_dataset=ProgressionDataset(options.samples, seed=1),
+        eval_dataset=ProgressionDataset(16, seed=2),
+        callbacks=callbacks,
+    )
+    trainer.train()
+    if options.weights and trainer.env.is_main_process:
+        torch.save(trainer.model.state_dict(), options.weights)
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main()

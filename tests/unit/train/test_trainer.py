@@ -1,0 +1,405 @@
+"""The trainer on a tiny Llama: learning, accumulation, evaluation, callbacks, control, factories."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+import pytest
+import torch
+
+from forgather.ml.optim import make_optimizer
+from forgather.ml.train.args import TrainingArguments
+from forgather.ml.train.checkpoint import CheckpointError, list_checkpoints, read_manifest
+from forgather.ml.train.state import TrainerControl
+from forgather.ml.train.trainer import Trainer
+from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_trainer(tmp_path, callbacks=(), model_init=tiny_llama, train_size=64, **overrides):
+    settings = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1e-2,
+        "warmup_steps": 2,
+        "max_steps": 10,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "device": "cpu",
+    }
+    settings.update(overrides)
+    return Trainer(
+        args=TrainingArguments(**settings),
+        model_init=model_init,
+        train_dataset=ProgressionDataset(train_size, seed=1),
+        eval_dataset=ProgressionDataset(16, seed=2),
+        callbacks=list(callbacks),
+    )
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_validation_loss_falls(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=40, eval_strategy="steps", eval_steps=20)
+    before = trainer.evaluate()["eval_loss"]
+    state = trainer.train()
+    evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
+    assert evals[-1] < before - 1.5, (before, evals)
+    assert evals[-1] < evals[-2]
+
+
+def test_gradient_accumulation_4x2_equals_1x8(tmp_path):
+    big = make_trainer(tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    small = make_trainer(
+        tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4
+    )
+    big_logs, small_logs = Recorder(), Recorder()
+    big.callback_handler.add(big_logs)
+    small.callback_handler.add(small_logs)
+    big.train()
+    small.train()
+    a, b = big_logs.step_losses(), small_logs.step_losses()
+    assert list(a) == list(b) == list(range(1, 11))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-5), step
+    wa, wb = weights(big), weights(small)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=2e-5), name
+
+
+def test_eval_loss_is_the_plain_mean_over_batches_whatever_the_accumulation(tmp_path):
+    one = make_trainer(tmp_path / "a", gradient_accumulation_steps=1, per_device_eval_batch_size=4)
+    four = make_trainer(tmp_path / "b", gradient_accumulation_steps=4, per_device_eval_batch_size=4)
+    assert one.evaluate()["eval_loss"] == four.evaluate()["eval_loss"]
+    from forgather.ml.train.loss import causal_lm_loss
+
+    data = ProgressionDataset(16, seed=2)
+    with torch.no_grad():
+        losses = []
+        for start in range(0, 16, 4):
+            ids = torch.stack([data[i]["input_ids"] for i in range(start, start + 4)])
+            losses.append(causal_lm_loss(four.model(input_ids=ids).logits, ids).item())
+    metrics = four.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert metrics["eval_perplexity"] == pytest.approx(
+        torch.tensor(metrics["eval_loss"]).exp().item()
+    )
+    limited = make_trainer(tmp_path / "c", per_device_eval_batch_size=4, max_eval_steps=2)
+    assert limited.evaluate()["eval_batches"] == 2
+
+
+def test_callbacks_get_every_event_with_kwargs_and_logs_have_the_fields(tmp_path):
+    seen_kwargs = {}
+
+    class Spy:
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen_kwargs.update(kwargs)
+
+    recorder = Recorder()
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[recorder, Spy()],
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        max_grad_norm=None,
+    )
+    state = trainer.train()
+    events = recorder.events
+    assert events[:3] == ["on_init_end", "on_train_begin", "on_epoch_begin"]
+    assert events[-1] == "on_train_end"
+    first_step = events[3 : events.index("on_step_end") + 1]
+    assert first_step == [
+        "on_step_begin",
+        "on_substep_end",
+        "on_pre_optimizer_step",
+        "on_optimizer_step",
+        "on_step_end",
+    ]
+    for event in ("on_log", "on_evaluate", "on_save"):
+        assert event in events
+    assert {
+        "model",
+        "processing_class",
+        "optimizer",
+        "lr_scheduler",
+        "train_dataloader",
+        "eval_dataloader",
+    } <= set(seen_kwargs)
+    steps = [r for r in recorder.logs if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for record in steps:
+        assert {"loss", "grad_norm", "learning_rate", "epoch", "tokens"} <= set(record)
+        assert record["grad_norm"] > 0
+    assert steps[-1]["tokens"] == 4 * 8 * 32 == state.num_input_tokens_seen
+    assert steps[0]["learning_rate"] == pytest.approx(0.5e-2)  # first warmup step
+    summary = recorder.logs[-1]
+    assert {
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "train_loss",
+    } <= set(summary)
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2", "checkpoint-4"]
+    assert (
+        read_manifest(tmp_path / "out" / "checkpoints" / "checkpoint-2")["metrics"]["eval_loss"] > 0
+    )
+
+
+class SetFlag:
+    def __init__(self, step, flag):
+        self.step, self.flag = step, flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            setattr(control, self.flag, True)
+
+
+def test_control_flags_save_evaluate_and_stop(tmp_path):
+    recorder = Recorder()
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[
+            SetFlag(2, "should_save"),
+            SetFlag(2, "should_evaluate"),
+            SetFlag(3, "should_training_stop"),
+            recorder,
+        ],
+        save_strategy="steps",
+        save_steps=100,
+        logging_steps=100,
+    )
+    state = trainer.train()
+    assert state.global_step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2", "checkpoint-3"]
+    assert [r["step"] for r in recorder.logs if "eval_loss" in r] == [2]
+
+
+def test_abort_without_save_skips_the_final_save(tmp_path):
+    recorder = Recorder()
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[SetFlag(3, "should_abort_without_save"), recorder],
+        save_strategy="steps",
+        save_steps=100,
+    )
+    assert trainer.train().global_step == 3
+    assert list_checkpoints(tmp_path / "out") == []
+    assert recorder.events[-1] == "on_train_end"
+
+
+def test_a_callback_returning_a_control_replaces_it(tmp_path):
+    class Stop:
+        def on_step_end(self, args, state, control, **kwargs):
+            return TrainerControl(should_training_stop=True)
+
+    assert make_trainer(tmp_path, callbacks=[Stop()]).train().global_step == 1
+
+
+def test_epochs_with_a_partial_accumulation_group_and_epoch_saves(tmp_path):
+    # 40 samples / batch 8 = 5 micro-batches per epoch; accumulation 2 -> 3 steps (the last has 1).
+    trainer = make_trainer(
+        tmp_path,
+        train_size=40,
+        max_steps=-1,
+        num_train_epochs=2,
+        gradient_accumulation_steps=2,
+        save_strategy="epoch",
+    )
+    state = trainer.train()
+    assert (state.global_step, state.epoch, state.max_steps) == (6, 2.0, 6)
+    assert state.num_input_tokens_seen == 2 * 40 * 32
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_save_best_keeps_the_best_and_load_best_model_at_end(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=6,
+        # The eval loss falls steadily, so "greater is better" makes the first evaluation the best.
+        greater_is_better=True,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=1,
+        save_best=True,
+        load_best_model_at_end=True,
+    )
+    state = trainer.train()
+    evals = {r["step"]: r["eval_loss"] for r in state.log_history if "eval_loss" in r}
+    best_step = max(evals, key=evals.get)
+    assert best_step == 2
+    kept = [p.name for p in list_checkpoints(tmp_path / "out")]
+    assert kept == ["checkpoint-2", "checkpoint-6"]
+    assert state.best_model_checkpoint.endswith("checkpoint-2")
+    assert state.best_metric == evals[best_step]
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(evals[best_step], rel=1e-6)
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
+    make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2).train()
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2).train()
+    make_trainer(tmp_path, max_steps=1, save_strategy="steps", overwrite_output_dir=True).train()
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-1"]
+
+
+def test_resuming_another_models_checkpoint_fails_and_changes_nothing(tmp_path):
+    make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2).train()
+    root = tmp_path / "out"
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    other = make_trainer(
+        tmp_path,
+        model_init=lambda: tiny_llama(hidden_size=32),
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=1,
+        resume_from_checkpoint=True,
+    )
+    with pytest.raises(
+        CheckpointError, match="model_digest mismatch: the checkpoint belongs to another model"
+    ):
+        other.train()
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_resume_from_an_explicit_path_continues_exactly(tmp_path):
+    # A constant schedule, so a 3-step run and a 6-step run share their first 3 steps exactly.
+    settings = {
+        "save_strategy": "steps",
+        "save_steps": 3,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "train_size": 20,
+        "lr_scheduler_type": "constant",
+    }
+    straight = Recorder()
+    make_trainer(tmp_path / "a", callbacks=[straight], max_steps=6, **settings).train()
+    make_trainer(tmp_path / "b", max_steps=3, **settings).train()
+    resumed = Recorder()
+    checkpoint = tmp_path / "b" / "out" / "checkpoints" / "checkpoint-3"
+    make_trainer(
+        tmp_path / "b",
+        callbacks=[resumed],
+        max_steps=6,
+        resume_from_checkpoint=str(checkpoint),
+        **settings,
+    ).train()
+    expected = {step: loss for step, loss in straight.step_losses().items() if step > 3}
+    # 5 micro-batches an epoch, in steps of 2, 2 and 1: checkpoint-3 sits at the end of epoch 1.
+    assert resumed.step_losses() == expected
+    assert resumed.logs[-2]["tokens"] == straight.logs[-2]["tokens"] == 2 * 20 * 32
+
+
+def test_resume_needs_an_existing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        make_trainer(tmp_path, resume_from_checkpoint="latest").train()
+
+
+def test_optimizer_and_scheduler_factories_are_called_as_documented(tmp_path):
+    calls = {}
+
+    def scheduler_factory(*, optimizer, num_training_steps):
+        calls["scheduler"] = num_training_steps
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.optimizer_factory = functools.partial(torch.optim.SGD, lr=0.1)
+    trainer.lr_scheduler_factory = scheduler_factory
+    trainer.train()
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and calls["scheduler"] == 2
+    named = make_trainer(tmp_path / "b", max_steps=1)
+    named.optimizer_factory = functools.partial(make_optimizer, lr=0.1, weight_decay=0.5)
+    named.train()
+    assert [g["weight_decay"] for g in named.optimizer.param_groups] == [0.5, 0.0]
+
+
+def test_padding_is_not_counted_as_tokens(tmp_path):
+    def collate(samples):
+        ids = torch.stack([s["input_ids"] for s in samples])
+        mask = torch.ones_like(ids)
+        mask[:, -4:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.data_collator = collate
+    assert trainer.train().num_input_tokens_seen == 2 * 8 * 28
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tmp_path, precision):
+    trainer = make_trainer(tmp_path, max_steps=3, **{precision: True})
+    state = trainer.train()
+    losses = [r["loss"] for r in state.log_history if "loss" in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert (trainer.grad_scaler is not None) == (precision == "fp16")
+
+
+def test_save_model_writes_a_loadable_directory(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["hidden_size"] == 64
+
+
+@pytest.mark.slow
+def test_torch_compile_and_gradient_checkpointing_train_the_same(tmp_path):
+    plain = make_trainer(tmp_path / "a", max_steps=3).train()
+    compiled = make_trainer(
+        tmp_path / "b",
+        max_steps=3,
+        torch_compile=True,
+        torch_compile_backend="eager",
+        gradient_checkpointing=True,
+    ).train()
+    losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_a_forgather_model_trains_and_saves_through_save_model_dir(tmp_path):
+    factory = pytest.importorskip("forgather.ml.models.factory")
+
+    def model_init():
+        return factory.build_model(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+
+    trainer = make_trainer(
+        tmp_path, model_init=model_init, max_steps=3, save_strategy="steps", save_steps=3
+    )
+    state = trainer.train()
+    assert len([r for r in state.log_history if "loss" in r]) == 3
+    trainer.save_model(str(tmp_path / "model"))
+    assert "auto_map" in json.loads((tmp_path / "model" / "config.json").read_text())
