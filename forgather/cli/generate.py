@@ -52,7 +52,7 @@ def load_model(path: Path, device: str = "cpu"):
             raise ModelNotFoundError(
                 f"{checkpoint} does not belong to the model in {model_dir}: unexpected {unexpected[:3]}"
             )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     return model.to(device).eval(), tokenizer
 
 

@@ -16,6 +16,7 @@ from forgather.cli.common import EXTRA_ARGS, OVERRIDES_HELP
 # Arguments after a standalone `--` on the command line go to torchrun; `main()` moves them here
 # before Typer parses the rest (Click would otherwise mix them with the config's overrides).
 TORCHRUN_ARGS: list[str] = []
+RESUME_PATH = "trainer_args.resume_from_checkpoint"
 
 
 def under_torchrun() -> bool:
@@ -45,6 +46,14 @@ def train(
             "--nproc", min=1, help="Processes (ranks) on this machine; >1 starts torchrun."
         ),
     ] = 1,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Resume from a checkpoint: `latest` (the newest complete one) or a checkpoint path. "
+            "Sets trainer_args.resume_from_checkpoint.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print what would run (the torchrun command) and exit."),
@@ -58,13 +67,15 @@ def train(
     """
     st = common.state(ctx)
     tokens = list(ctx.args)
+    if resume is not None:
+        tokens.append(f"{RESUME_PATH}={resume}")
     if under_torchrun() or (nproc == 1 and not TORCHRUN_ARGS):
         if dry_run:
             common.echo_text(
                 f"would train {st.config_template or '(default config)'} in this process"
             )
             return
-        project = common.load(ctx)
+        project = common.load(ctx, tokens=tokens)
         script = project("main")
         if not hasattr(script, "run"):
             raise common.project_error(

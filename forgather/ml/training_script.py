@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def _git_sha() -> str | None:
+    """The commit of the working directory's git checkout, if there is one."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def _is_rank_zero() -> bool:
@@ -54,18 +67,46 @@ class TrainingScript:
     def run(self) -> dict[str, Any]:
         """Train, evaluate, save and sample as configured; returns the final metrics."""
         self._write_run_info()
+        metadata = getattr(self.trainer, "checkpoint_metadata", None)
+        if isinstance(metadata, dict):
+            metadata.update(self._checkpoint_metadata())
         results: dict[str, Any] = {}
-        if self.do_train:
-            self.trainer.train()
-        if self.do_eval:
-            results.update(self.trainer.evaluate() or {})
-        if self.do_save:
-            self.trainer.save_model(self.save_dir)
-        if _is_rank_zero():
-            self._report(results)
-            if self.sample_prompts:
-                results["samples"] = self._samples()
+        try:
+            if self.do_train:
+                self.trainer.train()
+            if self.do_eval:
+                results.update(self._final_eval() or self.trainer.evaluate() or {})
+            if self.do_save:
+                self.trainer.save_model(self.save_dir)
+            if _is_rank_zero():
+                self._report(results)
+                if self.sample_prompts:
+                    results["samples"] = self._samples()
+        finally:
+            close = getattr(self.trainer, "close", None)
+            if close is not None:
+                close()
         return results
+
+    def _final_eval(self) -> dict[str, Any] | None:
+        """The evaluation the trainer already ran at its last step, if any (no need to repeat it)."""
+        state = getattr(self.trainer, "state", None)
+        history = getattr(state, "log_history", None) or []
+        for record in reversed(history):
+            if "eval_loss" in record:
+                if record.get("step") == getattr(state, "global_step", None):
+                    return {k: v for k, v in record.items() if k.startswith("eval_")}
+                return None
+        return None
+
+    def _checkpoint_metadata(self) -> dict[str, Any]:
+        """What checkpoints record about where they came from: config digest, git sha, image digest."""
+        metadata: dict[str, Any] = {}
+        if self.config_text is not None:
+            metadata["config_digest"] = hashlib.sha256(self.config_text.encode()).hexdigest()
+        metadata["git_sha"] = _git_sha()
+        metadata["image_digest"] = os.environ.get("FORGATHER_IMAGE_DIGEST")
+        return metadata
 
     def _write_run_info(self) -> None:
         if not _is_rank_zero():

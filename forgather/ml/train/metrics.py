@@ -415,7 +415,7 @@ class SpeedMetricsCallback(TrainerCallback):
             self.on_train_begin(args, state, control, **kwargs)
             return
         steps = state.global_step - self._last_step
-        if logs is None or steps <= 0 or "train_runtime" in logs:
+        if logs is None or steps <= 0 or "train_runtime" in logs or _is_eval_record(logs):
             return  # an eval record, the end-of-training summary, or nothing trained since
         tokens = state.num_input_tokens_seen - self._last_tokens
         samples = steps * max(0, state.effective_batch_size)
@@ -435,6 +435,10 @@ class SpeedMetricsCallback(TrainerCallback):
                 logs[key] = rates[key]
         if fpt is not None:
             logs["flops_per_token"] = fpt
+
+
+def _is_eval_record(logs: dict[str, Any]) -> bool:
+    return any(str(key).startswith("eval_") for key in logs)
 
 
 def format_count(value: float) -> str:

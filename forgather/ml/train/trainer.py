@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from forgather.errors import ForgatherError
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
 from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
@@ -61,6 +62,27 @@ RESUMED_STATE_FIELDS = (
     "best_model_checkpoint",
     "log_history",
 )
+
+
+class TrainerSetupError(ForgatherError):
+    """The trainer's parts do not fit together (e.g. a tokenizer larger than the model's vocabulary)."""
+
+
+def check_vocab(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Refuse a tokenizer whose token ids would not fit the model's embedding."""
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if tokenizer is None or vocab_size is None:
+        return
+    try:
+        tokens = len(tokenizer)
+    except TypeError:
+        return
+    if tokens > vocab_size:
+        raise TrainerSetupError(
+            f"the tokenizer has {tokens} tokens but the model's vocab_size is {vocab_size}: "
+            "build the model with vocab_size >= len(tokenizer) (training configs pass "
+            "`vocab_size: !call:len [ *tokenizer ]`)"
+        )
 
 
 class Trainer:
@@ -107,6 +129,7 @@ class Trainer:
             if model_init is None:
                 raise ValueError("Trainer needs a model or a model_init")
             model = model_init()
+        check_vocab(model, processing_class)
         self.model = model.to(self.device)
         self.wrapped_model: torch.nn.Module = self.model
         self.train_dataset = train_dataset
@@ -440,7 +463,8 @@ class Trainer:
                 if not args.overwrite_output_dir:
                     raise CheckpointError(
                         f"{self.checkpoints.dir} already holds checkpoints (latest {existing.name}): "
-                        "pass resume_from_checkpoint=True to continue or overwrite_output_dir=True to start over"
+                        "resume with `forgather train --resume latest` (resume_from_checkpoint=True), or start "
+                        "over with `trainer_args.overwrite_output_dir=true`"
                     )
                 self.checkpoints.delete_all()
             rng_state = None

@@ -139,3 +139,31 @@ def test_main_target_without_run_is_a_one_line_error(tmp_path, monkeypatch, caps
     assert run_main(["-p", str(tmp_path), "train"], monkeypatch) == 1
     err = capsys.readouterr().err
     assert "no run() method" in err and "Traceback" not in err
+
+
+def test_resume_becomes_an_override_that_reaches_torchrun_workers(project, monkeypatch, capsys):
+    directory, _ = project
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    run_main(
+        ["-p", str(directory), "train", "--nproc", "2", "--resume", "latest", "--dry-run"],
+        monkeypatch,
+    )
+    assert (
+        capsys.readouterr().out.strip().endswith("train trainer_args.resume_from_checkpoint=latest")
+    )
+
+
+def test_resume_reaches_an_in_process_run(project, monkeypatch):
+    directory, out = project
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    (directory / "templates" / "configs" / "resume.yaml").write_text(
+        "trainer_args: &args !dict {resume_from_checkpoint: null}\n"
+        f"main: !singleton:{directory / 'recorder.py'}:Recorder\n"
+        f"    path: {out}\n"
+        "    steps: !call:getitem [*args, resume_from_checkpoint]\n"
+    )
+    argv = ["-p", str(directory), "-t", "resume.yaml", "train", "--resume", "/some/checkpoint-4"]
+    assert run_main(argv, monkeypatch) in (0, None)
+    assert out.read_text() == '{"steps": "/some/checkpoint-4", "rank": null}'
