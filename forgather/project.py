@@ -192,7 +192,7 @@ class Project:
             targets[0] if len(targets) == 1 and isinstance(targets[0], list | tuple) else targets
         )
         for name in names or ("main",):
-            check_before_build(self.config.target(name), context_vars)
+            check_before_build(self.config.target(name), context_vars, self.config.targets)
         builder = self.config.builder(**context_vars)
         if not targets:
             return builder.build(self.config.target("main"))

@@ -67,6 +67,8 @@ class Config:
         for path, value, container, key in walk(self.targets):
             if isinstance(value, dict | list | tuple | CallableNode | VarNode):
                 continue
+            if value is None and isinstance(container, DListNode):
+                continue  # a deleted (or placeholder) `!dlist` entry is not a value
             record = provenance_of(container, key)
             entry: dict[str, Any] = {
                 "value": value,
@@ -83,7 +85,7 @@ class Config:
     def build(self, target: str = "main", **context_vars: Any) -> Any:
         """Build one target in a fresh build (arguments are checked before anything is built)."""
         graph = self.target(target)
-        check_before_build(graph, context_vars)
+        check_before_build(graph, context_vars, paths_root=self.targets)
         return self.builder(**context_vars).build(graph)
 
     def lookup(self, path: str) -> tuple[Any, Provenance | None]:
@@ -229,7 +231,9 @@ def walk(value: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any, Any]]:
     yield from visit(value, prefix)
 
 
-def check_before_build(graph: Any, context_vars: Mapping[str, Any] | None = None) -> None:
+def check_before_build(
+    graph: Any, context_vars: Mapping[str, Any] | None = None, paths_root: Any = None
+) -> None:
     """Raise the first argument problem (unknown or missing keyword) in `graph` before anything is built.
 
     Import problems are left to the build itself (a file a spec names may be written by an earlier step
@@ -237,6 +241,6 @@ def check_before_build(graph: Any, context_vars: Mapping[str, Any] | None = None
     """
     from forgather.config.validate import validate_graph
 
-    for problem in validate_graph(graph):
+    for problem in validate_graph(graph, paths_root=paths_root):
         if isinstance(problem, errors.ArgumentError):
             raise problem

@@ -7,7 +7,9 @@ naming the template line of the node (and, as `.key`, the node's key path), in g
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +28,9 @@ from forgather.config.specs import SPEC_RE, is_file_spec, resolve
 ALWAYS_KNOWN_VARS = frozenset({"pp_config", "config_provenance"})
 
 
-def validate_graph(value: Any, known_vars: set[str] | None = None) -> list[errors.ConfigError]:
+def validate_graph(
+    value: Any, known_vars: set[str] | None = None, paths_root: Any = None
+) -> list[errors.ConfigError]:
     """Every problem in `value` (a graph or part of one) that would make building it fail.
 
     Checks, for every node reachable from `value`: its import spec resolves to a callable (relative
@@ -36,7 +40,7 @@ def validate_graph(value: Any, known_vars: set[str] | None = None) -> list[error
     `pp_config` is always given), every `!var` with no default and no value is reported too.
     Nothing is constructed; problems are returned, never raised.
     """
-    paths = _node_paths(value)
+    paths = _node_paths(value if paths_root is None else paths_root)
     problems: list[errors.ConfigError] = []
     seen: set[tuple[type, str, Any]] = set()
     known = None if known_vars is None else set(known_vars) | ALWAYS_KNOWN_VARS
@@ -136,9 +140,22 @@ def _bind(
             for name, p in signature.parameters.items()
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         )
-        return errors.ArgumentError(
-            f"{describe(node)}: {error} (it takes: {params or 'no named parameters'})", node.origin
-        )
+        message = f"{describe(node)}: {error} (it takes: {params or 'no named parameters'})"
+        origin = node.origin
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        if unexpected:
+            name = unexpected.group(1)
+            close = difflib.get_close_matches(name, list(signature.parameters), n=1)
+            if close:
+                message = (
+                    f"{describe(node)}: unknown argument {name!r} (did you mean {close[0]!r}?)"
+                )
+            record = (
+                node.kwargs.provenance.get(name) if hasattr(node.kwargs, "provenance") else None
+            )
+            if record is not None and record.origin is not None:
+                origin = record.origin  # where the unknown key was written (a line, or an override)
+        return errors.ArgumentError(message, origin)
     return None
 
 

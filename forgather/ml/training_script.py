@@ -66,7 +66,17 @@ class TrainingScript:
 
     def run(self) -> dict[str, Any]:
         """Train, evaluate, save and sample as configured; returns the final metrics."""
-        self._write_run_info()
+        handler = getattr(self.trainer, "callback_handler", None)
+        if self.do_train and hasattr(handler, "add"):
+            # Written at on_train_begin, after the trainer checked the output dir and any checkpoint
+            # to resume from: a run that fails those checks leaves no runs/<time>/ directory behind.
+            from forgather.ml.train.callbacks.logging import RunInfoWriter
+
+            logging_dir = getattr(getattr(self.trainer, "args", None), "logging_dir", None)
+            if _is_rank_zero() and logging_dir:
+                handler.add(RunInfoWriter(self.config_text, self.provenance))
+        else:
+            self._write_run_info()
         metadata = getattr(self.trainer, "checkpoint_metadata", None)
         if isinstance(metadata, dict):
             metadata.update(self._checkpoint_metadata())

@@ -41,12 +41,12 @@ CASES = {
     "unknown_keyword_construct": (
         body_config('main: !singleton:textwrap:dedent\n    text: "x"\n    bogus: 1'),
         ["construct"],
-        ["bad.yaml:3", "bad arguments", "bogus"],
+        ["bad.yaml:5", "bad arguments", "bogus"],  # the line of the unknown key
     ),
     "unknown_keyword_validate": (
         body_config('main: !singleton:textwrap:dedent\n    text: "x"\n    bogus: 1'),
         ["validate"],
-        ["bad.yaml:3", "bogus"],
+        ["bad.yaml:5", "bogus"],  # the line of the unknown key
     ),
     "override_matches_nothing": (None, ["construct", "main.nope=1"], ["main.nope", "bad override"]),
     "unknown_dynamic_flag": (None, ["construct", "--nope", "3"], ["--nope", "--max-steps"]),

@@ -128,5 +128,5 @@ def test_validate_reports_every_problem_one_line_each(cli, project):
     lines = result.stderr.splitlines()
     assert len(lines) == 2
     assert all(line.startswith("error: ") for line in lines)
-    assert "two.yaml:3" in lines[0] and "bogus" in lines[0]
+    assert "two.yaml:5" in lines[0] and "bogus" in lines[0]  # the line of the unknown key
     assert "two.yaml:6" in lines[1] and "no_such_module_xyz" in lines[1]

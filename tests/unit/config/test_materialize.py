@@ -505,7 +505,8 @@ def test_unknown_kwarg_names_file_and_line(tmp_path):
     config, cfg = load_file(tmp_path, f"x: 1\nmain: !call:{path}:f\n  a: 1\n  c: 3\n")
     with pytest.raises(errors.ArgumentError) as info:
         config.build("main")
-    assert (info.value.origin.file, info.value.origin.line) == (cfg, 2)
+    # The line of the unknown key itself (`c: 3`), not just the node's tag line.
+    assert (info.value.origin.file, info.value.origin.line) == (cfg, 4)
 
 
 def test_missing_required_kwarg_names_file_and_line(tmp_path):

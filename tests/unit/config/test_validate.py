@@ -48,9 +48,9 @@ def test_validate_reports_unknown_keyword_with_file_and_line(tmp_path):
     assert isinstance(problem, errors.ArgumentError)
     assert "bogus" in problem.message
     assert problem.origin.file == str(tmp_path / "config.yaml")
-    assert problem.origin.line == 2
+    assert problem.origin.line == 4  # the line of the unknown key itself
     assert problem.key == "main"
-    assert str(problem).startswith(f"{tmp_path / 'config.yaml'}:2: [main] bad arguments")
+    assert str(problem).startswith(f"{tmp_path / 'config.yaml'}:4: [main] bad arguments")
 
 
 def test_validate_reports_missing_required_argument(tmp_path):
@@ -273,3 +273,16 @@ def test_validate_returns_config_errors_and_never_raises_for_user_problems(tmp_p
     problems = validate_graph(config.graph, known_vars=set())
     assert problems and all(isinstance(p, errors.ConfigError) for p in problems)
     assert all(p.origin is not None for p in problems)
+
+
+def test_unknown_keyword_suggests_the_close_parameter_name(tmp_path):
+    config = _load(
+        tmp_path,
+        """
+        main: !singleton:fractions:Fraction
+          numerator: 1
+          denominatr: 2
+        """,
+    )
+    [problem] = validate_graph(config.graph)
+    assert "unknown argument 'denominatr' (did you mean 'denominator'?)" in problem.message
