@@ -16,12 +16,11 @@ def causal_lm_loss(
     `logits` is (batch, seq, vocab), `labels` (batch, seq) with `ignore_index` where no loss is wanted
     (padding). The shift happens here: labels are the inputs, not pre-shifted. Computed in float32.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
+    # Shift the labels, not the logits: slicing the logits would copy a (batch, seq, vocab) tensor.
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=ignore_index).to(logits.device)
+    logits = logits.float()
     return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=ignore_index,
+        logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1), ignore_index=ignore_index
     )
 
 

@@ -47,8 +47,8 @@ def test_unknown_argument_in_a_config_is_reported_with_file_and_line(tmp_path):
     config = load_config(ConfigEnvironment([tmp_path]), "c.yaml")
     [problem] = validate_graph(config.graph)
     assert isinstance(problem, errors.ArgumentError)
-    assert "lerning_rate" in problem.message
-    assert str(problem).startswith(f"{tmp_path / 'c.yaml'}:2")
+    assert "lerning_rate" in problem.message and "did you mean 'learning_rate'" in problem.message
+    assert str(problem).startswith(f"{tmp_path / 'c.yaml'}:4")  # the misspelt key's line
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,371 @@
+"""``fgl up`` and ``fgl run``: check, plan, start every container at once, stream, wait, tear down."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fgl import __version__
+from fgl.containers import ContainerSpec, container_kwargs, docker_run_line, masked
+from fgl.engine import Node, connect_all, parallel, stop_and_remove
+from fgl.errors import FglError, PreflightError
+from fgl.inventory import Inventory, NodeSpec, read_env_file
+from fgl.logs import LogSink
+from fgl.output import info, table
+from fgl.preflight import Preflight, gather
+from fgl.rendezvous import (
+    NodeNet,
+    RendezvousPlan,
+    choose_port,
+    new_run_id,
+    nproc_for,
+    plan_rendezvous,
+)
+from fgl.runs import (
+    EXIT_SIGINT,
+    Interrupted,
+    Member,
+    MemlockFallback,
+    RunDir,
+    Supervisor,
+    create_and_start,
+    install_signal_handlers,
+    signals_ignored,
+    spec_record,
+)
+
+
+@dataclass
+class Settings:
+    """Everything about a run that is the same on every node (inventory merged with flags)."""
+
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[str] = field(default_factory=list)
+    workspace: str | None = None
+    working_dir: str | None = None
+    shm_size: str | None = None
+    memlock: str = "auto"
+    gpus_flag: str | None = None
+    gpus_default: str | None = None
+    nproc: str | None = None
+    port: int | None = None
+    mode: str = "c10d"
+
+
+def settings_from(
+    inventory: Inventory | None,
+    *,
+    image: str | None,
+    env: dict[str, str],
+    env_file: str | None,
+    workspace: str | None,
+    gpus: str | None = None,
+    nproc: str | None = None,
+    port: int | None = None,
+    mode: str = "c10d",
+    shm_size: str | None = None,
+    memlock: str | None = None,
+    cwd: str | None = None,
+) -> Settings:
+    """Merge the inventory and the flags (flags win; env: inventory env_file < env < --env-file < -e)."""
+    inv = inventory or Inventory()
+    chosen_image = image or inv.image
+    if not chosen_image:
+        raise FglError("no image: pass --image NAME:TAG or set 'image:' in fgl.yaml")
+    merged: dict[str, str] = {}
+    if inv.env_file:
+        merged.update(read_env_file(inv.env_file, f"{inv.source}: env_file"))
+    merged.update(inv.env)
+    if env_file:
+        merged.update(read_env_file(env_file))
+    merged.update(env)
+    here = cwd or os.getcwd()
+    ws = workspace if workspace is not None else (inv.workspace or here)
+    ws = str(Path(ws).expanduser().resolve()) if ws else None
+    wd = here if ws and (here == ws or here.startswith(ws.rstrip("/") + "/")) else ws
+    return Settings(
+        image=chosen_image,
+        env=merged,
+        mounts=list(inv.mounts),
+        workspace=ws,
+        working_dir=wd,
+        shm_size=shm_size or inv.shm_size,
+        memlock=memlock or inv.memlock,
+        gpus_flag=gpus,
+        gpus_default=inv.gpus_per_node,
+        nproc=nproc,
+        port=port,
+        mode=mode,
+    )
+
+
+def container_spec(
+    settings: Settings,
+    run_id: str,
+    rank: int,
+    node: str,
+    nnodes: int,
+    command: list[str],
+    gpus: str,
+    role: str = "train",
+    extra_env: dict[str, str] | None = None,
+) -> ContainerSpec:
+    """The container of one node (plan env first, the user's env wins)."""
+    return ContainerSpec(
+        image=settings.image,
+        command=command,
+        name=f"{run_id}-{rank}",
+        run_id=run_id,
+        rank=rank,
+        role=role,
+        node=node,
+        nnodes=nnodes,
+        env={**(extra_env or {}), **settings.env},
+        workspace=settings.workspace,
+        working_dir=settings.working_dir,
+        mounts=settings.mounts,
+        gpus=gpus,
+        shm_size=settings.shm_size,
+        memlock=settings.memlock != "off",
+        uid=os.getuid(),
+        gid=os.getgid(),
+    )
+
+
+def preflight_problems(pf: Preflight) -> None:
+    """Raise one PreflightError listing every problem found."""
+    problems = pf.problems()
+    if problems:
+        raise PreflightError("pre-flight failed, nothing was started: " + "; ".join(problems))
+
+
+def make_plan(nodes: list[Node], pf: Preflight, settings: Settings, run_id: str) -> RendezvousPlan:
+    """The rendezvous plan from pre-flight facts."""
+    port = choose_port(settings.port, pf.free_ports)
+    if port is None:
+        if settings.port:
+            raise PreflightError(
+                f"port {settings.port} is in use on node 0 ({nodes[0].name}); free it or pass another --port"
+            )
+        raise PreflightError(f"no free port from 29500 on node 0 ({nodes[0].name}); pass --port")
+    nets = []
+    for node, f in zip(nodes, pf.facts, strict=True):
+        address = node.spec.address or (pf.endpoint if node.rank == 0 else f.source)
+        if not address:
+            raise PreflightError(
+                f"node {node.name}: its address toward node 0 is unknown; set 'address:'"
+            )
+        nets.append(NodeNet(node.name, address, f.interface, nproc_for(f.gpus, settings.nproc)))
+    return plan_rendezvous(
+        run_id, nets, port=port, mode=settings.mode, endpoint_address=pf.endpoint
+    )
+
+
+def print_plan(plan: RendezvousPlan, kwargs_list: list[dict[str, Any]], settings: Settings) -> None:
+    """The plan as a table plus the equivalent ``docker run`` of every node (secrets masked)."""
+    rows = [
+        (p.rank, p.name, p.address, p.interface or "-", " ".join(p.torchrun_args[4:6]))
+        for p in plan.nodes
+    ]
+    table(
+        ("rank", "node", "address", "interface", "nproc"),
+        rows,
+        title=f"{plan.run_id}  endpoint {plan.endpoint} ({plan.mode})",
+    )
+    for p, kw in zip(plan.nodes, kwargs_list, strict=True):
+        print(f"# node-{p.rank} ({p.name})")
+        print(docker_run_line(kw, settings.env))
+
+
+def _start_all(
+    nodes: list[Node], kwargs_list: list[dict[str, Any]], memlock: MemlockFallback
+) -> list[Member]:
+    def start(pair: tuple[Node, dict[str, Any]]) -> Member:
+        node, kwargs = pair
+        try:
+            container = memlock.start(
+                node.name, kwargs, lambda kw: create_and_start(node.client, kw)
+            )
+        except FglError:
+            raise
+        except Exception as exc:
+            raise node.fail(
+                f"cannot start the container: {getattr(exc, 'explanation', None) or exc}"
+            ) from None
+        return Member(rank=node.rank, node=node.name, container=container)
+
+    results = parallel(start, list(zip(nodes, kwargs_list, strict=True)))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    return [r for r in results if isinstance(r, Member)]
+
+
+def remove_everywhere(nodes: list[Node], run_id: str, grace: float = 5.0) -> list[str]:
+    """Stop and remove every container labelled with ``run_id`` on every node, in parallel."""
+    results = parallel(lambda n: n.remove_run(run_id, grace), nodes)
+    removed: list[str] = []
+    for node, r in zip(nodes, results, strict=True):
+        if isinstance(r, BaseException):
+            info(f"could not clean up on {node.name}: {r}")
+        else:
+            removed += r
+    return removed
+
+
+def _member_remove(m: Member, grace: float) -> None:
+    stop_and_remove(m.container, grace)
+
+
+def supervise_run(
+    nodes: list[Node],
+    run_id: str,
+    run_dir: RunDir | None,
+    kwargs_list: list[dict[str, Any]],
+    memlock: MemlockFallback,
+    secrets: dict[str, str],
+    prefixed: bool = True,
+) -> int:
+    """Start every container at once, stream, wait and tear down; returns the run's exit code."""
+    restore = install_signal_handlers()
+    sink = LogSink(run_dir.path if run_dir else None, secrets=secrets, prefixed=prefixed)
+    code, reason, failed = 1, "failed to start", None
+    try:
+        members = _start_all(nodes, kwargs_list, memlock)
+        sup = Supervisor(members, sink, _member_remove, on_event=info if len(members) > 1 else None)
+        code, failed = sup.supervise()
+        reason = sup.reason
+    except Interrupted as exc:
+        code = EXIT_SIGINT if exc.signum == 2 else 128 + exc.signum
+        reason = f"interrupted by {exc}"
+        info(f"{reason}; removed every container of {run_id}")
+    except KeyboardInterrupt:
+        code, reason = EXIT_SIGINT, "interrupted by SIGINT"
+    finally:
+        with signals_ignored():
+            remove_everywhere(nodes, run_id, grace=1.0)
+            sink.close()
+            if run_dir:
+                run_dir.write_result(code, reason, failed)
+        restore()
+    return code
+
+
+def up(
+    specs: list[NodeSpec],
+    settings: Settings,
+    command: list[str],
+    dry_run: bool = False,
+    run_id: str | None = None,
+) -> int:
+    """Pre-flight every node, plan the rendezvous, start ``torchrun … --no-python CMD`` everywhere, wait."""
+    if not command:
+        raise FglError("no command: write it after --, e.g. fgl up --nodes a,b -- forgather train")
+    run_id = run_id or new_run_id()
+    nodes = connect_all(specs)
+    try:
+        pf = gather(
+            nodes,
+            settings.image,
+            gpus_flag=settings.gpus_flag,
+            gpus_default=settings.gpus_default,
+            port=settings.port,
+            run_id=run_id,
+        )
+        preflight_problems(pf)
+        plan = make_plan(nodes, pf, settings, run_id)
+        kwargs_list = [
+            container_kwargs(
+                container_spec(
+                    settings,
+                    run_id,
+                    p.rank,
+                    p.name,
+                    plan.nnodes,
+                    p.command(command),
+                    f.gpus,
+                    extra_env=p.env,
+                )
+            )
+            for p, f in zip(plan.nodes, pf.facts, strict=True)
+        ]
+        if dry_run:
+            print_plan(plan, kwargs_list, settings)
+            return 0
+        run_dir = RunDir(run_id).create()
+        run_dir.write_record(
+            {
+                "run_id": run_id,
+                "kind": "up",
+                "fgl_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "launcher": socket.gethostname(),
+                "fgl_pid": os.getpid(),
+                "image": settings.image,
+                "image_id": pf.image_id,
+                "command": command,
+                "endpoint": plan.endpoint,
+                "mode": plan.mode,
+                "env": masked(settings.env),
+                "nodes": [
+                    {
+                        "rank": p.rank,
+                        "spec": spec_record(n.spec),
+                        "address": p.address,
+                        "interface": p.interface,
+                        "torchrun": list(p.torchrun_args),
+                    }
+                    for p, n in zip(plan.nodes, nodes, strict=True)
+                ],
+            }
+        )
+        info(
+            f"run {run_id}: {plan.nnodes} node(s), endpoint {plan.endpoint}, image {settings.image}; "
+            f"logs in {run_dir.path}"
+        )
+        code = supervise_run(
+            nodes, run_id, run_dir, kwargs_list, MemlockFallback(settings.memlock), settings.env
+        )
+        info(f"run {run_id} exited {code}")
+        return code
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:
+    """``fgl run``: one container on one node, output streamed, exit code returned, container removed."""
+    if not command:
+        raise FglError("no command: write it after --, e.g. fgl run -- python -c 'print(1)'")
+    run_id = new_run_id()
+    (node,) = connect_all([spec])
+    try:
+        if node.image_id(settings.image) is None:
+            raise PreflightError(
+                f"image {settings.image} is missing on {node.name}; build, pull or sync it first "
+                f"(fgl sync-image {settings.image} --nodes {node.name})"
+            )
+        gpus = settings.gpus_flag or spec.gpus or settings.gpus_default or "auto"
+        if gpus == "auto":
+            gpus = "all" if node.has_gpu_runtime() else "0"
+        kwargs = container_kwargs(
+            container_spec(settings, run_id, 0, node.name, 1, command, gpus, role="run")
+        )
+        info(f"{run_id}: {shlex.join(command)} on {node.name}")
+        return supervise_run(
+            [node],
+            run_id,
+            None,
+            [kwargs],
+            MemlockFallback(settings.memlock),
+            settings.env,
+            prefixed=False,
+        )
+    finally:
+        node.close()

@@ -1,0 +1,165 @@
+"""Container kwargs for the Docker SDK, secret masking and the memlock fallback."""
+
+from __future__ import annotations
+
+import docker.errors
+import pytest
+from fgl.containers import (
+    MASK,
+    ContainerSpec,
+    container_kwargs,
+    docker_run_line,
+    is_memlock_refusal,
+    is_secret,
+    masked,
+    without_memlock,
+)
+from fgl.errors import FglError
+from fgl.runs import MemlockFallback
+
+pytestmark = pytest.mark.unit
+
+REFUSAL = (
+    "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container "
+    "process: error during container init: error setting rlimits for ready process: error setting rlimit "
+    "type 8: operation not permitted: unknown"
+)
+
+
+def spec(**kw):
+    base = dict(
+        image="forgather:runtime",
+        command=["torchrun", "--no-python", "env"],
+        name="fgl-x-0",
+        run_id="fgl-x",
+        rank=0,
+        node="gpu0",
+        nnodes=2,
+        env={"HF_TOKEN": "hf_abcdef", "A": "1"},
+        workspace="/data/ws",
+        uid=1000,
+        gid=1001,
+    )
+    base.update(kw)
+    return ContainerSpec(**base)
+
+
+def test_kwargs_have_host_network_ipc_init_ulimits_labels():
+    kw = container_kwargs(spec())
+    assert kw["network_mode"] == "host" and kw["ipc_mode"] == "host" and kw["init"] is True
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in kw["ulimits"]} == {
+        ("stack", 67108864, 67108864),
+        ("memlock", -1, -1),
+    }
+    assert kw["labels"] == {
+        "fgl.run": "fgl-x",
+        "fgl.node-rank": "0",
+        "fgl.role": "train",
+        "fgl.node": "gpu0",
+        "fgl.nnodes": "2",
+    }
+    assert kw["volumes"] == {"/data/ws": {"bind": "/data/ws", "mode": "rw"}}
+    assert kw["working_dir"] == "/data/ws"
+    assert kw["environment"] == {"HF_TOKEN": "hf_abcdef", "A": "1", "PUID": "1000", "PGID": "1001"}
+    assert kw["detach"] and not kw["tty"]
+    assert "device_requests" not in kw and "shm_size" not in kw
+
+
+def test_shm_size_replaces_host_ipc():
+    kw = container_kwargs(spec(shm_size="16g"))
+    assert kw["ipc_mode"] == "private" and kw["shm_size"] == "16g"
+
+
+@pytest.mark.parametrize(("gpus", "count"), [("all", -1), ("2", 2)])
+def test_gpu_device_requests_only_where_gpus(gpus, count):
+    (req,) = container_kwargs(spec(gpus=gpus))["device_requests"]
+    assert req["Count"] == count and req["Capabilities"] == [["gpu"]]
+
+
+def test_mounts_and_working_dir():
+    kw = container_kwargs(spec(mounts=["/m:/models:ro"], working_dir="/data/ws/sub"))
+    assert kw["volumes"]["/m"] == {"bind": "/models", "mode": "ro"}
+    assert kw["working_dir"] == "/data/ws/sub"
+
+
+def test_no_workspace_means_no_mount_and_no_working_dir():
+    kw = container_kwargs(spec(workspace=None))
+    assert "volumes" not in kw and "working_dir" not in kw
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("HF_TOKEN", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("DB_PASSWORD", True),
+        ("api_key", True),
+        ("HF_HOME", False),
+    ],
+)
+def test_secret_keys(key, secret):
+    assert is_secret(key) is secret
+
+
+def test_dry_run_line_masks_secret_values_everywhere():
+    kw = container_kwargs(spec(command=["sh", "-c", "echo hf_abcdef"]))
+    line = docker_run_line(kw)
+    assert "hf_abcdef" not in line
+    assert f"-e=HF_TOKEN={MASK}" in line and "-e=A=1" in line
+    assert "--ulimit=memlock=-1" in line and "--init" in line and "--network=host" in line
+    assert masked({"X_KEY": "v", "Y": "w"}) == {"X_KEY": MASK, "Y": "w"}
+
+
+def test_without_memlock_keeps_the_stack_limit():
+    kw = without_memlock(container_kwargs(spec()))
+    assert [u["Name"] for u in kw["ulimits"]] == ["stack"]
+
+
+def test_memlock_refusal_is_recognised():
+    assert is_memlock_refusal(docker.errors.APIError("500 Server Error", explanation=REFUSAL))
+    assert not is_memlock_refusal(
+        docker.errors.APIError("500", explanation="no space left on device")
+    )
+
+
+def refusing_engine(calls):
+    """create_and_start that refuses memlock the way runc does here (the only fake: the refusal)."""
+
+    def create_and_start(kwargs):
+        calls.append([u["Name"] for u in kwargs["ulimits"]])
+        if "memlock" in calls[-1]:
+            raise docker.errors.APIError("500 Server Error", explanation=REFUSAL)
+        return "started"
+
+    return create_and_start
+
+
+def test_auto_memlock_falls_back_and_warns_once():
+    calls, warnings = [], []
+    fallback = MemlockFallback("auto", on_warn=warnings.append)
+    kw = container_kwargs(spec())
+    assert fallback.start("gpu0", kw, refusing_engine(calls)) == "started"
+    assert fallback.start("gpu0", kw, refusing_engine(calls)) == "started"
+    assert calls == [["stack", "memlock"], ["stack"], ["stack"]]  # the second start skips memlock
+    assert len(warnings) == 1 and "memlock" in warnings[0]
+
+
+def test_memlock_on_makes_the_refusal_an_error():
+    with pytest.raises(FglError, match="refuses --ulimit memlock=-1"):
+        MemlockFallback("on", on_warn=lambda m: None).start(
+            "gpu0", container_kwargs(spec()), refusing_engine([])
+        )
+
+
+def test_memlock_off_never_asks():
+    calls = []
+    MemlockFallback("off").start("gpu0", container_kwargs(spec()), refusing_engine(calls))
+    assert calls == [["stack"]]
+
+
+def test_other_engine_errors_are_not_retried():
+    def broken(kwargs):
+        raise docker.errors.APIError("500", explanation="image not found")
+
+    with pytest.raises(docker.errors.APIError):
+        MemlockFallback("auto").start("gpu0", container_kwargs(spec()), broken)
