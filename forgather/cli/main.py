@@ -120,7 +120,46 @@ def main(argv: list[str] | None = None) -> None:
         cut = args.index("--", args.index("train"))
         train.TORCHRUN_ARGS[:] = args[cut + 1 :]
         args = args[:cut]
+    if "--help" in args or "-h" in args:
+        _describe_config_flags(args)
     app(args=args)
+
+
+def _global_option(args: list[str], short: str, long: str, default: str) -> str:
+    for index, arg in enumerate(args):
+        if arg in (short, long) and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(long + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def _describe_config_flags(args: list[str]) -> None:
+    """On `forgather COMMAND --help`, list the flags the selected config declares (if it loads)."""
+    from forgather.cli.common import OVERRIDES_HELP
+
+    names = {info.name: info for info in app.registered_commands if info.name}
+    command = next((arg for arg in args if arg in names), None)
+    info = names.get(command or "")
+    if info is None or not (info.epilog or "").startswith(OVERRIDES_HELP):
+        return
+    info.epilog = OVERRIDES_HELP  # drop flags listed for an earlier config (same process)
+    try:
+        from forgather.config.dynamic_args import declared_args
+        from forgather.project import Project
+
+        project = Project(
+            _global_option(args, "-t", "--config-template", ""),
+            _global_option(args, "-p", "--project-dir", "."),
+        )
+        declared = declared_args(project.config)
+    except Exception:  # no project here, or a broken config: the plain help still helps
+        return
+    if declared:
+        lines = [f"{', '.join(arg.names)} ({arg.type}): {arg.help}" for arg in declared]
+        info.epilog = (
+            f"{OVERRIDES_HELP}\n\nFlags declared by {project.config_name}:\n\n" + "\n\n".join(lines)
+        )
 
 
 if __name__ == "__main__":

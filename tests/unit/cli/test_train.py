@@ -167,3 +167,11 @@ def test_resume_reaches_an_in_process_run(project, monkeypatch):
     argv = ["-p", str(directory), "-t", "resume.yaml", "train", "--resume", "/some/checkpoint-4"]
     assert run_main(argv, monkeypatch) in (0, None)
     assert out.read_text() == '{"steps": "/some/checkpoint-4", "rank": null}'
+
+
+def test_help_lists_the_flags_the_config_declares(project, monkeypatch, capsys):
+    directory, _ = project
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_main(["-p", str(directory), "train", "--help"], monkeypatch) in (0, None)
+    out = capsys.readouterr().out
+    assert "Flags declared by run.yaml" in out and "--max-steps (int)" in out
