@@ -114,7 +114,11 @@ class TrainingScript:
         metadata: dict[str, Any] = {}
         if self.config_text is not None:
             metadata["config_digest"] = hashlib.sha256(self.config_text.encode()).hexdigest()
-        metadata["git_sha"] = _git_sha()
+        # Inside an image there is no git checkout: the image passes its revision as FORGATHER_GIT_SHA.
+        image_sha = os.environ.get("FORGATHER_GIT_SHA")
+        metadata["git_sha"] = _git_sha() or (
+            image_sha if image_sha not in (None, "", "unknown") else None
+        )
         metadata["image_digest"] = os.environ.get("FORGATHER_IMAGE_DIGEST")
         return metadata
 
