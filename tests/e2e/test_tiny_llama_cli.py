@@ -276,7 +276,9 @@ def test_bad_input_is_a_one_line_error(case, train, tmp_path):
     run = train(output_dir, "--max-steps", "2", *overrides)
     line = assert_one_line_error(run, *needles)
     if case == "unknown_training_argument":
-        assert re.search(r"\S+\.yaml:\d+", line), line
+        # Named where the misspelt key came from: the override as typed, with a suggestion.
+        assert "<command line> (+trainer_args.lerning_rate=0.1)" in line, line
+        assert "did you mean 'learning_rate'" in line, line
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 
