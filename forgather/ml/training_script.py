@@ -119,7 +119,7 @@ class TrainingScript:
         metadata["git_sha"] = _git_sha() or (
             image_sha if image_sha not in (None, "", "unknown") else None
         )
-        metadata["image_digest"] = os.environ.get("FORGATHER_IMAGE_DIGEST")
+        metadata["image_digest"] = os.environ.get("FORGATHER_IMAGE_DIGEST") or None
         return metadata
 
     def _write_run_info(self) -> None:

@@ -290,7 +290,8 @@ def up(
                     plan.nnodes,
                     p.command(command),
                     f.gpus,
-                    extra_env=p.env,
+                    # Checkpoint manifests record which image trained them.
+                    extra_env={**p.env, "FORGATHER_IMAGE_DIGEST": pf.image_id or ""},
                 )
             )
             for p, f in zip(plan.nodes, pf.facts, strict=True)
