@@ -53,13 +53,12 @@ class Config:
 
     def builder(self, **context_vars: Any) -> Builder:
         """A fresh build that knows `pp_config`, `config_provenance` and the given `!var` values."""
-        return Builder(
-            {
-                "pp_config": self.pp_config,
-                "config_provenance": self.provenance_map(),
-                **context_vars,
-            }
+        lazy = (
+            {}
+            if "config_provenance" in context_vars
+            else {"config_provenance": self.provenance_map}
         )
+        return Builder({"pp_config": self.pp_config, **context_vars}, lazy_vars=lazy)
 
     def provenance_map(self) -> dict[str, Any]:
         """For every scalar value of the targets: where it was set and what it overrode (JSON-ready)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from forgather.config import errors
@@ -73,8 +73,14 @@ class BuiltPartial:
 class Builder:
     """One materialization of a config graph."""
 
-    def __init__(self, context_vars: Mapping[str, Any] | None = None, check_args: bool = True):
+    def __init__(
+        self,
+        context_vars: Mapping[str, Any] | None = None,
+        check_args: bool = True,
+        lazy_vars: Mapping[str, Callable[[], Any]] | None = None,
+    ):
         self.context_vars = dict(context_vars or {})
+        self.lazy_vars = dict(lazy_vars or {})  # `!var` values computed only if a config uses them
         self.check_args = check_args
         self._singletons: dict[int, Any] = {}
         self._keep: list[Any] = []  # keeps memoised nodes alive so their ids stay unique
@@ -105,9 +111,12 @@ class Builder:
     def var(self, node: VarNode) -> Any:
         if node.name in self.context_vars:
             return self.context_vars[node.name]
+        if node.name in self.lazy_vars:
+            self.context_vars[node.name] = self.lazy_vars.pop(node.name)()
+            return self.context_vars[node.name]
         if node.has_default:
             return self.build(node.default)
-        known = ", ".join(sorted(self.context_vars)) or "none"
+        known = ", ".join(sorted({*self.context_vars, *self.lazy_vars})) or "none"
         raise errors.UnboundVarError(
             f"!var {node.name} has no value and no default (values given: {known})", node.origin
         )

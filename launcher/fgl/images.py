@@ -11,7 +11,7 @@ from pathlib import Path
 
 import docker.errors
 
-from fgl.engine import Node, parallel
+from fgl.engine import Node, parallel, raise_first
 from fgl.errors import FglError, NodeError
 from fgl.inventory import NodeSpec
 
@@ -103,12 +103,7 @@ def sync_image(
         results = parallel(one, list(zip(targets, current, strict=True)))
         for n in targets:
             n.close()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            for e in errors:
-                if not isinstance(e, FglError):
-                    raise e
-            raise FglError("; ".join(str(e) for e in errors))
+        raise_first(results)
         return [r for r in results if isinstance(r, SyncResult)]
     finally:
         source.close()
@@ -158,12 +153,7 @@ def pull_image(ref: ImageRef, specs: list[NodeSpec]) -> list[SyncResult]:
     finally:
         for n in nodes:
             n.close()
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        for e in errors:
-            if not isinstance(e, FglError):
-                raise e
-        raise FglError("; ".join(str(e) for e in errors))
+    raise_first(results)
     return [r for r in results if isinstance(r, SyncResult)]
 
 

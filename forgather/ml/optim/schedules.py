@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -44,9 +45,10 @@ class ConstantSchedule:
 
 
 @dataclass
-class LinearSchedule:
-    """Warmup, then linear decay from the peak to `min_lr_ratio` × peak at `training_steps`."""
+class _WarmupDecaySchedule:
+    """Warmup, then decay of shape `shape` from the peak to `min_lr_ratio` × peak at `training_steps`."""
 
+    shape: ClassVar[str]
     warmup_steps: int
     training_steps: int
     min_lr_ratio: float = 0.0
@@ -55,22 +57,21 @@ class LinearSchedule:
         if step < self.warmup_steps:
             return _warmup(step, self.warmup_steps)
         progress = (step - self.warmup_steps) / max(1, self.training_steps - self.warmup_steps)
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * _decay(progress, "linear")
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * _decay(progress, self.shape)
 
 
 @dataclass
-class CosineSchedule:
+class LinearSchedule(_WarmupDecaySchedule):
+    """Warmup, then linear decay from the peak to `min_lr_ratio` × peak at `training_steps`."""
+
+    shape: ClassVar[str] = "linear"
+
+
+@dataclass
+class CosineSchedule(_WarmupDecaySchedule):
     """Warmup, then half a cosine from the peak to `min_lr_ratio` × peak at `training_steps`."""
 
-    warmup_steps: int
-    training_steps: int
-    min_lr_ratio: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.warmup_steps)
-        progress = (step - self.warmup_steps) / max(1, self.training_steps - self.warmup_steps)
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * _decay(progress, "cosine")
+    shape: ClassVar[str] = "cosine"
 
 
 @dataclass
