@@ -24,13 +24,23 @@ def runs(tmp_path_factory):
         root / "single.jsonl",
         weights=root / "single.pt",
     )
-    run(
+    output = run(
         {**DDP, "output_dir": str(root / "ddp")},
         root / "ddp.jsonl",
         weights=root / "ddp.pt",
         nproc=2,
     )
+    (root / "ddp.out").write_text(output)
     return root
+
+
+def test_every_rank_says_it_joined_after_an_all_reduce(runs):
+    output = (runs / "ddp.out").read_text()
+    joined = sorted(line for line in output.splitlines() if "joined the gloo group" in line)
+    assert len(joined) == 2, output[-3000:]
+    for rank, line in enumerate(joined):
+        assert f"rank {rank} of 2 (local rank {rank} of 2)" in line
+        assert line.endswith("all-reduce over 2 ranks ok")
 
 
 def test_two_process_ddp_matches_one_process(runs):

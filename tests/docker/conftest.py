@@ -1,7 +1,7 @@
 """Docker fixtures: a real engine, the offline base image, the wheelhouse and both images.
 
 The session harness
-- installs docker.io, debootstrap and docker-compose with apt when any is missing (root only);
+- installs docker.io, debootstrap, docker-compose, openssh-server, iproute2 and iptables with apt when any is missing (root only);
 - reuses an engine that answers `docker info`, else starts `dockerd` in the background (log in a tmp
   file) and leaves it running for later sessions;
 - builds, through the scripts users run, the debootstrap base (images/build_base.sh), the wheelhouse
@@ -35,6 +35,10 @@ APT_PACKAGES = {
     "docker.io": "/usr/sbin/dockerd",
     "debootstrap": "/usr/sbin/debootstrap",
     "docker-compose": "/usr/bin/docker-compose",
+    "openssh-server": "/usr/sbin/sshd",
+    "openssh-client": "/usr/bin/ssh-keyscan",
+    "iproute2": "/usr/sbin/ip",
+    "iptables": "/usr/sbin/iptables",
 }
 SMALL_MODEL = [
     "+model.hidden_size=64",

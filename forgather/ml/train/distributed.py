@@ -6,6 +6,8 @@ Without torchrun (no WORLD_SIZE) this is a single process: rank 0 of 1, and ever
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,6 +106,31 @@ class DistributedEnvironment:
             rank=self.rank,
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
+        )
+        self.announce(device)
+
+    def announce(self, device: torch.device) -> None:
+        """All-reduce a probe over the new group and print one line per rank saying who joined.
+
+        The line (on stderr, every rank) is what multi-node users grep when a run misbehaves: rank,
+        world size, host, backend and master. A group whose ranks cannot reach each other fails here,
+        at start, rather than at the first gradient.
+        """
+        probe = torch.tensor([1.0, float(self.rank)], device=device)
+        dist.all_reduce(probe, op=dist.ReduceOp.SUM)
+        ranks, rank_sum = int(probe[0].item()), int(probe[1].item())
+        expected = self.world_size * (self.world_size - 1) // 2
+        if ranks != self.world_size or rank_sum != expected:
+            raise RuntimeError(
+                f"all-reduce check failed: {ranks} ranks answered (rank sum {rank_sum}), "
+                f"expected {self.world_size} (rank sum {expected})"
+            )
+        print(
+            f"rank {self.rank} of {self.world_size} (local rank {self.local_rank} of "
+            f"{self.local_world_size}) on {socket.gethostname()}: joined the {dist.get_backend()} "
+            f"group at {self.master_addr}:{self.master_port}; all-reduce over {ranks} ranks ok",
+            file=sys.stderr,
+            flush=True,
         )
 
     @property

@@ -122,11 +122,12 @@ def launch(
     )
 
 
-def run(args: dict, records, **kwargs) -> None:
-    """Run `run_trainer` to completion; fail with its output if it fails."""
+def run(args: dict, records, **kwargs) -> str:
+    """Run `run_trainer` to completion and return its output; fail with it if it fails."""
     process = launch(args, records, **kwargs)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-4000:]
+    return output
 
 
 def kill_9(process) -> None:

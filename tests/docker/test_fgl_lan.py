@@ -1,0 +1,306 @@
+"""fgl across a simulated LAN: two nodes, each a network namespace on a bridge with its own address,
+sshd and Docker engine (tests/docker/lan.py). This machine is the user's workstation at 10.77.0.1:
+it reaches every node only over SSH, and the nodes start empty (no images).
+
+The headline: ``fgl sync-image`` copies the runtime image to both nodes, then ``fgl up --nodes`` runs
+two-node DDP (gloo) training of tiny_llama whose ranks all-reduce across the nodes. Then the failure
+paths: a node's container killed mid-run, different image digests, an unknown host key and an
+unreachable node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.docker.conftest import OFFLINE_ENV, SMALL_MODEL, TINY_LLAMA, wait_for
+from tests.docker.lan import Lan, missing_tools
+
+pytestmark = pytest.mark.docker
+
+UNREACHABLE = "10.77.0.99"  # on the LAN's subnet, no machine answers
+
+
+@pytest.fixture(scope="module")
+def lan(engine):
+    """Two fresh nodes; their engines' data (GBs once the image is loaded) is removed afterwards."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"a simulated LAN needs {', '.join(missing)}")
+    root = Path(tempfile.mkdtemp(prefix="fgl-lan-", dir="/var/tmp"))
+    try:
+        with Lan(2, root) as network:
+            yield network
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def env(tmp_path, lan):
+    """Environment of an fgl call from the workstation: its own HOME (node keys trusted) and runs dir."""
+    home = tmp_path / "home"
+    lan.trust(home)
+    e = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    e.update(FGL_RUNS_DIR=str(tmp_path / "runs"), HOME=str(home), PYTHONUNBUFFERED="1")
+    return e
+
+
+@pytest.fixture
+def workspace():
+    """The run's workspace, at the same path on both nodes (they share this machine's disk, as nodes
+    of a real LAN share an NFS mount)."""
+    path = Path(tempfile.mkdtemp(prefix="fgl-ws-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fgl(env, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "fgl.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def fgl_bg(env, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fgl.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def nodes_arg(lan) -> list[str]:
+    return ["--nodes", ",".join(n.spec for n in lan.nodes), "--ssh-key", str(lan.client_key)]
+
+
+def containers_everywhere(lan, run_id: str | None = None) -> list[str]:
+    """Names of the containers (all states) of a run, or of any fgl run, on every node."""
+    label = f"fgl.run={run_id}" if run_id else "fgl.run"
+    names = []
+    for node in lan.nodes:
+        done = node.docker("ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}")
+        names += done.stdout.split()
+    return names
+
+
+def the_run(env) -> Path:
+    (run,) = list(Path(env["FGL_RUNS_DIR"]).iterdir())
+    return run
+
+
+def joined_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "joined the gloo group" in line]
+
+
+def train_command(workspace: Path, max_steps: int) -> list[str]:
+    return [
+        "forgather", "-p", TINY_LLAMA, "train", "--max-steps", str(max_steps),
+        "--output-dir", str(workspace / "tiny"),
+        f"trainer_args.eval_steps={max_steps}", f"trainer_args.save_steps={max_steps}",
+        "trainer_args.logging_steps=1", *SMALL_MODEL,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- refused before anything starts
+
+
+def test_unknown_host_key_is_refused_naming_the_host(lan, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    env.update(HOME=str(tmp_path / "home"), FGL_RUNS_DIR=str(tmp_path / "runs"))
+    node = lan.nodes[1]
+    result = fgl(env, "ps", "--nodes", node.spec, "--ssh-key", str(lan.client_key), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.startswith(f"error: node {node.spec}:"), result.stderr
+    assert "host key" in result.stderr and "unknown" in result.stderr
+    assert f"ssh-keyscan -p 22 {node.address} >> ~/.ssh/known_hosts" in result.stderr
+
+
+def test_unreachable_node_is_named_and_nothing_starts(lan, env, runtime_image):
+    nodes = ",".join([*(n.spec for n in lan.nodes), f"root@{UNREACHABLE}"])
+    t0 = time.monotonic()
+    result = fgl(
+        env, "up", "--nodes", nodes, "--ssh-key", str(lan.client_key), "--image", runtime_image,
+        "--", "true", timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and UNREACHABLE in lines[0], result.stderr
+    assert took < 60, f"fgl up took {took:.0f} s to give up on an unreachable node"
+    assert containers_everywhere(lan) == []
+    assert not Path(env["FGL_RUNS_DIR"]).exists()
+
+
+# ---------------------------------------------------------------- images between nodes
+
+
+@pytest.fixture(scope="module")
+def synced(lan, runtime_image, tmp_path_factory):
+    """The runtime image copied to both nodes by ``fgl sync-image``; (result, seconds)."""
+    home = tmp_path_factory.mktemp("sync-home")
+    lan.trust(home)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env.update(HOME=str(home), FGL_RUNS_DIR=str(home / "runs"))
+    t0 = time.monotonic()
+    result = fgl(env, "sync-image", runtime_image, *nodes_arg(lan), timeout=900)
+    return result, time.monotonic() - t0
+
+
+def image_id_here(image: str) -> str:
+    return subprocess.run(
+        ["/usr/bin/docker", "image", "inspect", "-f", "{{.Id}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_sync_image_copies_the_runtime_image_to_every_node(lan, synced, runtime_image, env):
+    result, seconds = synced
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:]}
+    assert rows == {n.spec: "copied" for n in lan.nodes}, result.stdout
+    expected = image_id_here(runtime_image)
+    for node in lan.nodes:
+        assert node.docker("image", "inspect", "-f", "{{.Id}}", runtime_image).stdout.strip() == (
+            expected
+        )
+    print(f"sync-image of {runtime_image} to {len(lan.nodes)} nodes: {seconds:.1f} s")
+    again = fgl(env, "sync-image", runtime_image, *nodes_arg(lan), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "copied" not in again.stdout and again.stdout.count("present") == len(lan.nodes)
+
+
+def tiny_image(node_or_none, tag: str, content: str) -> str:
+    """Import a one-file image on a node's engine (or this machine's) and return its id."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(content.encode())
+        tar.addfile(info, io.BytesIO(content.encode()))
+    host = ["-H", node_or_none.docker_host] if node_or_none else []
+    done = subprocess.run(
+        ["/usr/bin/docker", *host, "import", "-", tag],
+        input=buf.getvalue(),
+        capture_output=True,
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+def test_different_image_digests_are_refused_before_anything_starts(lan, env):
+    ids = [tiny_image(node, "fgl-test/lan:differs", f"node {node.index}") for node in lan.nodes]
+    result = fgl(env, "up", *nodes_arg(lan), "--image", "fgl-test/lan:differs", "--", "true")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "differs between nodes" in result.stderr
+    assert "fgl sync-image fgl-test/lan:differs" in result.stderr
+    assert all(i[:19] in result.stderr for i in ids), result.stderr
+    assert containers_everywhere(lan) == []
+    assert not Path(env["FGL_RUNS_DIR"]).exists()
+
+
+# ---------------------------------------------------------------- the headline: 2-node DDP
+
+
+def test_two_node_ddp_training_across_the_lan(lan, synced, env, workspace, runtime_image):
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    t0 = time.monotonic()
+    result = fgl(
+        env, "up", *nodes_arg(lan), "--image", runtime_image, "--workspace", str(workspace),
+        *OFFLINE_ENV, "--", *train_command(workspace, max_steps=4), timeout=600,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    run = the_run(env)
+    logs = [(run / f"node-{i}.log").read_text() for i in range(2)]
+    assert result.returncode == 0, result.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
+    print(f"2-node DDP of tiny_llama (4 steps) through fgl up: {took:.1f} s")
+
+    ranks = set()
+    for i, log in enumerate(logs):
+        (line,) = joined_lines(log)  # one rank per node (CPU: one process per node)
+        assert line.startswith(f"[node-{i}] rank "), line
+        assert " of 2 (local rank 0 of 1)" in line and "all-reduce over 2 ranks ok" in line
+        ranks.add(int(line.split()[2]))
+    assert ranks == {0, 1}
+
+    record = json.loads((run / "run.json").read_text())
+    assert [n["torchrun"][-1] for n in record["nodes"]] == [n.address for n in lan.nodes]
+    checkpoint = workspace / "tiny" / "checkpoints" / "checkpoint-4"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    assert manifest["image_digest"] == image_id_here(runtime_image)
+    assert {p.name for p in checkpoint.glob("rng_state_rank*.pt")} == {
+        "rng_state_rank0.pt",
+        "rng_state_rank1.pt",
+    }
+    assert containers_everywhere(lan, run.name) == []
+
+
+# ---------------------------------------------------------------- failure: a node's container dies
+
+
+def test_killing_one_nodes_container_removes_the_run_everywhere_within_10s(
+    lan, synced, env, workspace, runtime_image
+):
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    proc = fgl_bg(
+        env, "up", *nodes_arg(lan), "--image", runtime_image, "--workspace", str(workspace),
+        *OFFLINE_ENV, "--", *train_command(workspace, max_steps=100000),
+    )  # fmt: skip
+    runs = Path(env["FGL_RUNS_DIR"])
+    try:
+        started = wait_for(
+            lambda: (
+                len(logs := list(runs.glob("*/node-*.log"))) == 2
+                and all(joined_lines(p.read_text()) for p in logs)
+            ),
+            timeout=240,
+            interval=0.5,
+        )
+        assert started, "the two ranks did not join within 240 s"
+        run = the_run(env)
+        assert len(containers_everywhere(lan, run.name)) == 2
+        victim = lan.nodes[1]
+        name = victim.docker(
+            "ps", "--filter", f"label=fgl.run={run.name}", "--format", "{{.Names}}"
+        ).stdout.split()[0]
+        t0 = time.monotonic()
+        victim.docker("kill", name)
+        gone = wait_for(lambda: containers_everywhere(lan, run.name) == [], timeout=10)
+        took = time.monotonic() - t0
+        assert gone, f"containers left after 10 s: {containers_everywhere(lan, run.name)}"
+        code = proc.wait(timeout=30)
+        output = proc.stdout.read()
+        assert code != 0, output[-3000:]
+        result = json.loads((run / "result.json").read_text())
+        assert result["exit_code"] == code and result["failed_rank"] == 1
+        print(f"one node's container killed: every container gone after {took:.1f} s")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for run in runs.glob("fgl-*"):
+            fgl(env, "down", run.name, timeout=120)
