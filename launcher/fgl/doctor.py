@@ -46,7 +46,9 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        if self.blocking:
+        # a missing or differing image is reported once for all nodes (in node 0's problems) but
+        # fails every node it concerns
+        if self.blocking or self.image == "missing" or self.image.endswith("(differs)"):
             return "FAIL"
         return "warn" if self.warnings else "ok"
 

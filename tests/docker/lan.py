@@ -326,16 +326,34 @@ class Lan:
                 pid = int(pidfile.read_text().strip())
                 os.kill(pid, signal.SIGTERM)
                 wait_until(lambda p=pid: not _alive(p), 30, f"pid {pid} to exit", step=0.2)
+        # dockerd bind-mounts its namespace at <exec-root>/netns/default and leaves it mounted: that
+        # mount (or a crashed engine's overlays) would keep the namespace, and its veth, alive
+        for mount in reversed(_mounts_under(lan_run, self.root)):
+            sh("umount", "-l", mount, check=False)
         listed = sh("ip", "netns", "list", check=False).stdout.split("\n")
         for line in listed:
             netns = line.split(" ")[0]
             if netns.startswith(f"{self.name}n") and netns[len(self.name) + 1 :].isdigit():
                 sh("ip", "netns", "delete", netns, check=False)
+        for link in Path("/sys/class/net").glob(f"{self.name}v*"):
+            if link.name[len(self.name) + 1 :].isdigit():
+                sh("ip", "link", "delete", link.name, check=False)
         if Path(f"/sys/class/net/{self.bridge}").exists():
             sh("ip", "link", "delete", self.bridge, check=False)
         while sh("iptables", "-C", *self._forward_rule, check=False).returncode == 0:
             sh("iptables", "-D", *self._forward_rule, check=False)
         shutil.rmtree(lan_run, ignore_errors=True)
+
+
+def _mounts_under(*roots: Path) -> list[str]:
+    """Mount points below any of ``roots``, in /proc/mounts order (parents first)."""
+    prefixes = [str(root).rstrip("/") + "/" for root in roots]
+    points = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if any(point.startswith(prefix) for prefix in prefixes):
+            points.append(point)
+    return points
 
 
 def _port_open(address: str, port: int) -> bool:

@@ -188,6 +188,20 @@ def test_sync_image_copies_the_runtime_image_to_every_node(lan, synced, runtime_
     assert "copied" not in again.stdout and again.stdout.count("present") == len(lan.nodes)
 
 
+def test_doctor_checks_every_node_over_ssh(lan, synced, env, runtime_image):
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    result = fgl(env, "doctor", *nodes_arg(lan), "--image", runtime_image, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert [row[1] for row in rows] == [n.spec for n in lan.nodes]
+    image = image_id_here(runtime_image).removeprefix("sha256:")[:12]
+    for row, node in zip(rows, lan.nodes, strict=True):
+        assert row[2] == "ok" and image in row  # ssh, and the same image id on both
+        assert f"eth0 ({node.address})" in " ".join(row)  # the interface that reaches node 0
+        assert row[-1] in ("ok", "warn")
+    assert "29500 free" in " ".join(rows[0])
+
+
 def tiny_image(node_or_none, tag: str, content: str) -> str:
     """Import a one-file image on a node's engine (or this machine's) and return its id."""
     import io
@@ -254,6 +268,13 @@ def test_two_node_ddp_training_across_the_lan(lan, synced, env, workspace, runti
         "rng_state_rank1.pt",
     }
     assert containers_everywhere(lan, run.name) == []
+
+    # both nodes streamed live with their prefixes; the copies are there for later
+    assert "[node-0] " in result.stdout and "[node-1] " in result.stdout
+    node1 = fgl(env, "logs", run.name, "--node", "1")
+    assert node1.returncode == 0 and node1.stdout == logs[1]
+    status = fgl(env, "status", run.name)
+    assert status.returncode == 0 and "exited 0" in status.stdout
 
 
 # ---------------------------------------------------------------- failure: a node's container dies

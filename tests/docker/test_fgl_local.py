@@ -480,41 +480,33 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def second_engine(docker_client, tmp_path_factory):
-    """A second, empty Docker engine (own data root and socket) behind its own sshd: another node."""
-    needs_sshd()
-    if not shutil.which("dockerd"):
-        pytest.skip("no dockerd")
-    d = Path(tempfile.mkdtemp(prefix="fgl-engine2-", dir="/tmp"))
-    sock = f"unix://{d}/docker.sock"
-    log = open(d / "dockerd.log", "w")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        ["dockerd", "--data-root", f"{d}/data", "--exec-root", f"{d}/exec", "-H", sock, "--pidfile", f"{d}/docker.pid",
-         "--bridge", "none", "--iptables=false", "--ip-masq=false"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    import docker
-    import docker.errors
+def second_engine(docker_client):
+    """Another node with an empty engine: a one-node simulated LAN (tests/docker/lan.py), reached
+    over SSH at its own address. Yields (its Docker SDK client, node info)."""
+    from tests.docker.lan import Lan, missing_tools
 
-    def answers():
-        try:
-            return docker.DockerClient(base_url=sock, timeout=5)
-        except docker.errors.DockerException:
-            return None
-
-    client = None
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"a simulated LAN needs {', '.join(missing)}")
+    root = Path(tempfile.mkdtemp(prefix="fgl-engine2-", dir="/var/tmp"))
     try:
-        client = wait_for(answers, timeout=60, step=0.5)
-        proc, node = start_sshd(tmp_path_factory.mktemp("sshd2"), docker_host=sock)
-        yield client, node
-        proc.terminate()
-        proc.wait(timeout=10)
+        with Lan(1, root, name="fgs", subnet="10.78.0") as lan:
+            (node,) = lan.nodes
+            client = node.client()
+            try:
+                yield (
+                    client,
+                    {
+                        "port": 22,
+                        "key": str(lan.client_key),
+                        "node": node.spec,
+                        "host": node.address,
+                    },
+                )
+            finally:
+                client.close()
     finally:
-        if client is not None:
-            client.close()
-        daemon.terminate()
-        daemon.wait(timeout=30)
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def tiny_image(client, tag: str, content: str) -> str:
@@ -558,7 +550,7 @@ def stop(env, proc, run_dir_parent):
 
 def trust(env, sshd):
     scan = subprocess.run(
-        ["ssh-keyscan", "-p", str(sshd["port"]), "127.0.0.1"],
+        ["ssh-keyscan", "-p", str(sshd["port"]), sshd.get("host", "127.0.0.1")],
         capture_output=True,
         text=True,
         timeout=30,

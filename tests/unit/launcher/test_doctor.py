@@ -64,7 +64,7 @@ def test_unreachable_busy_port_and_differing_image_block():
         specs, [None, None, NodeError("c", "cannot reach c:22: Connection refused")], pf, None
     )
     assert rows[0].verdict == "FAIL" and "port 29500 is in use" in rows[0].blocking[0]
-    assert rows[1].image.endswith("(differs)")
+    assert rows[1].image.endswith("(differs)") and rows[1].verdict == "FAIL"
     assert rows[2].ssh == "FAIL" and "Connection refused" in rows[2].blocking[0]
 
 
@@ -82,3 +82,13 @@ def test_small_shm_loopback_hostname_and_clock_skew_only_warn():
     (row,) = rows_from(specs, [None], pf, None)
     assert row.verdict == "warn" and not row.blocking
     assert len(row.warnings) == 3 and row.clock == "+12.00s" and row.shm == "64.0M"
+
+
+def test_a_missing_image_fails_every_node_lacking_it():
+    specs = [parse_node("a"), parse_node("b")]
+    f0 = facts(0, "a", image_id=None, probe={})
+    f1 = facts(1, "b", image_id=None, probe={})
+    pf = Preflight("img", "10.0.0.1", [f0, f1], [])
+    rows = rows_from(specs, [None, None], pf, None)
+    assert [r.image for r in rows] == ["missing", "missing"]
+    assert [r.verdict for r in rows] == ["FAIL", "FAIL"]
