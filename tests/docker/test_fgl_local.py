@@ -511,8 +511,11 @@ def second_engine(docker_client):
 
 def tiny_image(client, tag: str, content: str) -> str:
     """Import a one-file image (enough to save, load and compare ids) and return its id."""
+    import contextlib
     import io
     import tarfile
+
+    import docker.errors
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -521,6 +524,8 @@ def tiny_image(client, tag: str, content: str) -> str:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     repository, tag_name = tag.split(":")
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(tag, force=True)  # else each run leaves the previous one dangling
     client.api.import_image_from_data(buf.getvalue(), repository=repository, tag=tag_name)
     return client.images.get(tag).id
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from .conftest import REPORT
+from .conftest import OFFLINE_ENV, REPORT, SMALL_MODEL, TINY_LLAMA
 
 pytestmark = pytest.mark.docker
 
@@ -26,3 +29,26 @@ def test_everything_training_wrote_belongs_to_puid_pgid(trained):
     output, _, _ = trained
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in [output, *output.rglob("*")]}
     assert owners == {(1234, 1234)}
+
+
+def test_fgl_run_trains_into_the_workspace_as_the_invoking_user(runtime_image, tmp_path):
+    """`fgl run` on the local engine: the job runs as the user who ran fgl (PUID/PGID from fgl),
+    and its checkpoint lands in the workspace mounted at the same path."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env.update(FGL_RUNS_DIR=str(tmp_path / "runs"), HOME=str(tmp_path / "home"))
+    command = [
+        sys.executable, "-m", "fgl.cli", "run", "--image", runtime_image,
+        "--workspace", str(workspace), *OFFLINE_ENV,
+        "--", "forgather", "-p", TINY_LLAMA, "train", "--max-steps", "3",
+        "--output-dir", str(workspace / "tiny"), "trainer_args.eval_steps=3",
+        "trainer_args.save_steps=3", *SMALL_MODEL,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "training done: step 3/3" in done.stdout
+    checkpoint = workspace / "tiny" / "checkpoints" / "checkpoint-3"
+    assert json.loads((checkpoint / "manifest.json").read_text())["step"] == 3
+    written = [workspace / "tiny", *(workspace / "tiny").rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {(os.getuid(), os.getgid())}
