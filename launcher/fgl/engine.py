@@ -61,6 +61,11 @@ def explain_ssh_error(spec: NodeSpec, exc: BaseException, timeout: float = CONNE
             f"the host key of {where} is unknown (not in ~/.ssh/known_hosts); after checking it, trust it "
             f"with: {keyscan_hint(spec.hostname or '', spec.port)}"
         )
+    if isinstance(exc, paramiko.SSHException) and "no authentication methods" in str(exc).lower():
+        return (
+            f"no SSH key to log in to {where}: none given, no default key in ~/.ssh and no SSH agent "
+            "(SSH_AUTH_SOCK); pass --ssh-key FILE, set ssh_key in fgl.yaml, or ssh-add the key"
+        )
     if isinstance(exc, paramiko.AuthenticationException):
         keys = ", ".join(spec.keys) if spec.keys else "default keys"
         return (

@@ -148,6 +148,53 @@ def test_unreachable_node_is_named_and_nothing_starts(lan, env, runtime_image):
     assert not Path(env["FGL_RUNS_DIR"]).exists()
 
 
+# ---------------------------------------------------------------- how SSH finds the nodes
+
+
+def test_ssh_config_host_aliases_name_the_nodes(lan, env):
+    config = Path(env["HOME"]) / ".ssh" / "config"
+    config.write_text(
+        "".join(
+            f"Host trainer{n.index}\n  HostName {n.address}\n  User root\n"
+            f"  IdentityFile {lan.client_key}\n"
+            for n in lan.nodes
+        )
+    )
+    aliases = ",".join(f"trainer{n.index}" for n in lan.nodes)
+    listed = fgl(env, "nodes", "--nodes", aliases)
+    assert listed.returncode == 0, listed.stderr
+    for node in lan.nodes:
+        assert f"ssh://root@{node.address}" in listed.stdout
+    result = fgl(env, "ps", "--nodes", aliases, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_ssh_agent_supplies_the_key(lan, env, tmp_path):
+    agent_socket = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(agent_socket)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(agent_socket.exists, timeout=10, interval=0.1)
+        agent_env = {**env, "SSH_AUTH_SOCK": str(agent_socket)}
+        added = subprocess.run(
+            ["ssh-add", str(lan.client_key)], env=agent_env, capture_output=True, text=True
+        )
+        assert added.returncode == 0, added.stderr
+        nodes = ",".join(n.spec for n in lan.nodes)
+        without = fgl(env, "ps", "--nodes", nodes, timeout=60)  # no key, no agent
+        assert without.returncode != 0
+        assert f"no SSH key to log in to {lan.nodes[0].spec}:22" in without.stderr
+        assert "ssh-add the key" in without.stderr
+        result = fgl(agent_env, "ps", "--nodes", nodes, timeout=60)
+        assert result.returncode == 0, result.stderr
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
 # ---------------------------------------------------------------- images between nodes
 
 

@@ -35,6 +35,15 @@ def test_auth_failure_names_the_keys_and_the_fix():
     assert "authentication failed" in msg and "--ssh-key" in msg
 
 
+def test_no_key_at_all_says_how_to_give_one():
+    msg = explain_ssh_error(
+        parse_node("h"), paramiko.SSHException("No authentication methods available")
+    )
+    assert (
+        msg.startswith("no SSH key to log in to h:22") and "--ssh-key" in msg and "ssh-add" in msg
+    )
+
+
 @pytest.mark.parametrize(
     ("exc", "text"),
     [
