@@ -10,6 +10,8 @@ its own address, Docker engine and sshd (shared/DESIGN.md §6 records why it is 
 Nodes share this machine's file system (like an NFS-mounted workspace on a real LAN) but not its
 network: a ``--network host`` container on a node's engine sees only that node's address. The host
 itself is 10.77.0.1 on the bridge, so fgl reaches each node over SSH like a workstation on the LAN.
+The nodes have no default route (no DNS server, no internet), so a name lookup fails at once instead
+of waiting for resolver timeouts (torchrun's c10d rendezvous looks up its peers' names).
 Everything (engines, sshd, namespaces, links, the one iptables rule) is removed by ``close()``.
 
 Used by tests/docker/test_fgl_lan.py and benchmarks/launch_overhead.py; needs root, iproute2,
@@ -253,7 +255,6 @@ class Lan:
         node.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
         node.run("ip", "link", "set", "lo", "up")
         node.run("ip", "link", "set", "eth0", "up")
-        node.run("ip", "route", "add", "default", "via", self.host_address)
         return node
 
     def _start_dockerd(self, node: LanNode) -> None:
