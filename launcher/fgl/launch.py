@@ -13,6 +13,7 @@ from typing import Any
 from fgl import __version__
 from fgl.containers import ContainerSpec, container_kwargs, docker_run_line, masked
 from fgl.engine import Node, connect_all, parallel, stop_and_remove
+from fgl.engine_notes import engine_key, load_notes, refuses_memlock, remember_memlock_refusal
 from fgl.errors import FglError, PreflightError
 from fgl.inventory import Inventory, NodeSpec, read_env_file
 from fgl.logs import LogSink
@@ -257,6 +258,17 @@ def supervise_run(
     return code
 
 
+def memlock_fallback(settings: Settings, keys: dict[str, str | None]) -> MemlockFallback:
+    """The run's memlock policy, knowing which engines (``keys``: node name → engine key) refused
+    the ulimit in earlier runs."""
+    notes = load_notes()
+    return MemlockFallback(
+        settings.memlock,
+        remembered=[name for name, key in keys.items() if refuses_memlock(key, notes)],
+        on_refused=lambda name: remember_memlock_refusal(keys.get(name)),
+    )
+
+
 def up(
     specs: list[NodeSpec],
     settings: Settings,
@@ -331,7 +343,12 @@ def up(
             f"logs in {run_dir.path}"
         )
         code = supervise_run(
-            nodes, run_id, run_dir, kwargs_list, MemlockFallback(settings.memlock), settings.env
+            nodes,
+            run_id,
+            run_dir,
+            kwargs_list,
+            memlock_fallback(settings, {f.name: f.engine_key for f in pf.facts}),
+            settings.env,
         )
         info(f"run {run_id} exited {code}")
         return code
@@ -352,9 +369,10 @@ def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:
                 f"image {settings.image} is missing on {node.name}; build, pull or sync it first "
                 f"(fgl sync-image {settings.image} --nodes {node.name})"
             )
+        engine = node.info()
         gpus = settings.gpus_flag or spec.gpus or settings.gpus_default or "auto"
         if gpus == "auto":
-            gpus = "all" if node.has_gpu_runtime() else "0"
+            gpus = "all" if node.has_gpu_runtime(engine) else "0"
         kwargs = container_kwargs(
             container_spec(settings, run_id, 0, node.name, 1, command, gpus, role="run")
         )
@@ -364,7 +382,7 @@ def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:
             run_id,
             None,
             [kwargs],
-            MemlockFallback(settings.memlock),
+            memlock_fallback(settings, {node.name: engine_key(engine)}),
             settings.env,
             prefixed=False,
         )

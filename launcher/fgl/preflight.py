@@ -24,6 +24,7 @@ from typing import Any
 import docker.errors
 
 from fgl.engine import Node, parallel
+from fgl.engine_notes import engine_key
 from fgl.errors import NodeError, PreflightError
 from fgl.inventory import NodeSpec
 from fgl.rendezvous import DEFAULT_PORT, is_ip
@@ -149,6 +150,7 @@ class NodeFacts:
     rank: int
     name: str
     engine_version: str | None = None
+    engine_key: str | None = None
     gpu_runtime: bool = False
     gpus: str = "0"
     image_id: str | None = None
@@ -255,6 +257,7 @@ def gather(
         node, f = pair
         info = node.info()
         f.engine_version = info.get("ServerVersion")
+        f.engine_key = engine_key(info)
         f.gpu_runtime = node.has_gpu_runtime(info)
         setting = gpus_setting(gpus_flag, node.spec, gpus_default)
         f.gpus = effective_gpus(setting, f.gpu_runtime)

@@ -135,15 +135,31 @@ def worker_exit_code(container_code: int, reported: int | None) -> int:
 class MemlockFallback:
     """Starts containers with memlock=-1 and, in ``auto`` mode, retries without it once an engine refuses.
 
-    ``on`` makes the refusal an error; ``off`` never asks for it. Warns once per run.
+    ``on`` makes the refusal an error; ``off`` never asks for it. Nodes in ``remembered`` (engines that
+    refused in an earlier run) start without it at once; ``on_refused(node)`` is called at a new
+    refusal so it can be remembered. Warns once per run.
     """
 
-    def __init__(self, mode: str = "auto", on_warn: Callable[[str], None] = warn):
+    def __init__(
+        self,
+        mode: str = "auto",
+        on_warn: Callable[[str], None] = warn,
+        remembered: Iterable[str] = (),
+        on_refused: Callable[[str], None] = lambda node: None,
+    ):
         self.mode = mode
-        self.refused: set[str] = set()
+        self.refused: set[str] = set(remembered) if mode == "auto" else set()
         self._warned = False
         self._warn = on_warn
+        self._on_refused = on_refused
         self._lock = threading.Lock()
+        if self.refused:
+            self._warned = True
+            self._warn(
+                f"{', '.join(sorted(self.refused))}: the engine refused the memlock=-1 ulimit in an "
+                "earlier run; starting without it (RDMA/NCCL pinned memory may be limited; set "
+                "memlock: off to silence)"
+            )
 
     def kwargs_for(self, node: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs to try first on ``node``."""
@@ -174,6 +190,7 @@ class MemlockFallback:
                         f"node {node}: the engine refuses the memlock=-1 ulimit; starting without it "
                         "(RDMA/NCCL pinned memory may be limited; set memlock: off to silence)"
                     )
+            self._on_refused(node)
         return create_and_start(without_memlock(kwargs))
 
 

@@ -14,6 +14,7 @@ from fgl.containers import (
     masked,
     without_memlock,
 )
+from fgl.engine_notes import engine_key, load_notes, refuses_memlock, remember_memlock_refusal
 from fgl.errors import FglError
 from fgl.runs import MemlockFallback
 
@@ -142,6 +143,39 @@ def test_auto_memlock_falls_back_and_warns_once():
     assert fallback.start("gpu0", kw, refusing_engine(calls)) == "started"
     assert calls == [["stack", "memlock"], ["stack"], ["stack"]]  # the second start skips memlock
     assert len(warnings) == 1 and "memlock" in warnings[0]
+
+
+def test_a_refusal_is_remembered_and_skipped_in_the_next_run(tmp_path):
+    notes = tmp_path / ".engines.json"
+    key = engine_key({"ID": "ABCD", "ServerVersion": "27.0", "KernelVersion": "6.1"})
+    calls, warnings = [], []
+    first = MemlockFallback(
+        "auto", on_warn=warnings.append, on_refused=lambda n: remember_memlock_refusal(key, notes)
+    )
+    first.start("gpu0", container_kwargs(spec()), refusing_engine(calls))
+    assert calls == [["stack", "memlock"], ["stack"]]
+    assert refuses_memlock(key, load_notes(notes))
+
+    calls.clear()
+    again = MemlockFallback("auto", on_warn=warnings.append, remembered=["gpu0"])
+    again.start("gpu0", container_kwargs(spec()), refusing_engine(calls))
+    assert calls == [["stack"]]  # no refused try any more
+    assert "in an earlier run" in warnings[-1]
+    # an upgraded engine (another version) is asked again; memlock: on still asks
+    assert not refuses_memlock(
+        engine_key({"ID": "ABCD", "ServerVersion": "28.0", "KernelVersion": "6.1"}),
+        load_notes(notes),
+    )
+    assert MemlockFallback("on", remembered=["gpu0"]).refused == set()
+
+
+def test_unreadable_engine_notes_are_ignored(tmp_path):
+    notes = tmp_path / ".engines.json"
+    notes.write_text("{not json")
+    assert load_notes(notes) == {}
+    remember_memlock_refusal("k", notes)
+    assert refuses_memlock("k", load_notes(notes))
+    assert engine_key({}) is None and not refuses_memlock(None, load_notes(notes))
 
 
 def test_memlock_on_makes_the_refusal_an_error():
