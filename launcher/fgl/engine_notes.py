@@ -1,4 +1,5 @@
-"""What fgl remembers about engines between runs (``<runs dir>/.engines.json``).
+"""What fgl remembers about engines between runs (``$XDG_STATE_HOME/fgl/engines.json``, by default
+~/.local/state/fgl/engines.json).
 
 Today one fact: the engine refuses the ``memlock=-1`` ulimit (rootless Docker, some sandboxes). Without
 the note every ``fgl up`` would pay a refused create and start per node before falling back. Engines are
@@ -16,9 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fgl.runs import runs_root
-
-NOTES_FILE = ".engines.json"
+NOTES_FILE = "engines.json"
 
 
 def engine_key(info: Mapping[str, Any]) -> str | None:
@@ -30,7 +29,8 @@ def engine_key(info: Mapping[str, Any]) -> str | None:
 
 
 def notes_path() -> Path:
-    return runs_root() / NOTES_FILE
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).expanduser() / "fgl" / NOTES_FILE
 
 
 def load_notes(path: Path | None = None) -> dict[str, dict[str, Any]]:

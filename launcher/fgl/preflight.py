@@ -16,6 +16,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -255,7 +256,12 @@ def gather(
 
     def engine(pair: tuple[Node, NodeFacts]) -> None:
         node, f = pair
-        info = node.info()
+        with ThreadPoolExecutor(
+            1
+        ) as pool:  # the image lookup overlaps `docker info` (a round trip each)
+            image_id = pool.submit(node.image_id, image)
+            info = node.info()
+            f.image_id = image_id.result()
         f.engine_version = info.get("ServerVersion")
         f.engine_key = engine_key(info)
         f.gpu_runtime = node.has_gpu_runtime(info)
@@ -266,7 +272,6 @@ def gather(
                 f"node {node.name}: {f.gpus} GPUs asked for but its engine has no nvidia runtime "
                 "(install nvidia-container-toolkit, or pass --gpus-per-node 0)"
             )
-        f.image_id = node.image_id(image)
         try:
             f.clock_skew = parse_engine_time(info["SystemTime"]) - time.time()
         except (KeyError, ValueError):

@@ -100,7 +100,7 @@ def containers_everywhere(lan, run_id: str | None = None) -> list[str]:
 
 
 def the_run(env) -> Path:
-    (run,) = list(Path(env["FGL_RUNS_DIR"]).iterdir())
+    (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
     return run
 
 

@@ -139,7 +139,7 @@ def run_containers(docker_client, run_id=None):
 
 
 def the_run(env) -> Path:
-    (run,) = list(Path(env["FGL_RUNS_DIR"]).iterdir())
+    (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
     return run
 
 

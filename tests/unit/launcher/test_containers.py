@@ -146,7 +146,7 @@ def test_auto_memlock_falls_back_and_warns_once():
 
 
 def test_a_refusal_is_remembered_and_skipped_in_the_next_run(tmp_path):
-    notes = tmp_path / ".engines.json"
+    notes = tmp_path / "engines.json"
     key = engine_key({"ID": "ABCD", "ServerVersion": "27.0", "KernelVersion": "6.1"})
     calls, warnings = [], []
     first = MemlockFallback(
@@ -170,7 +170,7 @@ def test_a_refusal_is_remembered_and_skipped_in_the_next_run(tmp_path):
 
 
 def test_unreadable_engine_notes_are_ignored(tmp_path):
-    notes = tmp_path / ".engines.json"
+    notes = tmp_path / "engines.json"
     notes.write_text("{not json")
     assert load_notes(notes) == {}
     remember_memlock_refusal("k", notes)
