@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +223,19 @@ class Node:
         """Open the engine client now (errors name the node)."""
         _ = self.client
         return self
+
+    def run_on_host(self, argv: list[str], timeout: float = 15.0) -> tuple[int, str]:
+        """Run ``argv`` on the node's host itself (a subprocess here for the local engine, else an
+        exec on the node's SSH connection); returns (exit status, stdout and stderr)."""
+        if self.spec.local:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+            return done.returncode, done.stdout + done.stderr
+        ssh = self.client.api._custom_adapter.ssh_client  # fgl's own adapter (open_client)
+        _, stdout, stderr = ssh.exec_command(shlex.join(argv), timeout=timeout)
+        out = stdout.read().decode("utf-8", "replace") + stderr.read().decode("utf-8", "replace")
+        return stdout.channel.recv_exit_status(), out
 
     def fail(self, message: str) -> NodeError:
         """A NodeError naming this node."""

@@ -1,8 +1,9 @@
 """Pre-flight: what every node offers, checked in parallel before anything starts.
 
 Per node: the engine answers, the image is there with the same id everywhere, the GPU runtime is there
-when GPUs are asked for, and a short-lived probe container (the run's own image, host network, entrypoint
-``python3 -c <fgl/probe_script.py>``) reports the interface and source address that route to node 0,
+when GPUs are asked for, and a probe (``python3 -c <fgl/probe_script.py>`` run by the node's own python3
+over SSH, or where that cannot stand for a container, in a short-lived container of the run's image with
+host network) reports the interface and source address that route to node 0,
 whether the rendezvous port is free (on node 0), /dev/shm and the clock. The rendezvous plan is made
 from these facts, so NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME and ``--local-addr`` are decided before
 the first container starts and are visible in ``--dry-run``.
@@ -152,6 +153,8 @@ class NodeFacts:
     name: str
     engine_version: str | None = None
     engine_key: str | None = None
+    engine_name: str | None = None
+    rootless: bool = False
     gpu_runtime: bool = False
     gpus: str = "0"
     image_id: str | None = None
@@ -169,7 +172,45 @@ class NodeFacts:
         return self.probe.get("source")
 
 
+def probe_on_host(
+    node: Node, target: str | None, ports: list[int], engine_name: str | None
+) -> dict[str, Any] | None:
+    """The probe run by the node's own ``python3`` (over SSH; no container), or None where that
+    cannot stand for a host-network container: no python3 there, or the engine is not on that host
+    (its name differs from the host's: a VM like Docker Desktop, or a remote DOCKER_HOST)."""
+    if not engine_name:
+        return None
+    args = json.dumps({"target": target, "ports": ports})
+    try:
+        code, output = node.run_on_host(["python3", "-c", probe_source(), args])
+        facts = parse_probe_output(output) if code == 0 else None
+    except Exception:  # any failure here only means: use the container
+        return None
+    if not facts or facts.get("hostname") != engine_name:
+        return None
+    facts["via"] = "host"
+    return facts
+
+
 def run_probe(
+    node: Node,
+    image: str,
+    target: str | None,
+    ports: list[int],
+    run_id: str = "probe",
+    engine_name: str | None = None,
+    rootless: bool = False,
+) -> dict[str, Any]:
+    """The node's network facts: from its host's python3 when that sees what a host-network container
+    sees (same host, engine not rootless), else from a probe container (host network and IPC)."""
+    if not rootless:
+        facts = probe_on_host(node, target, ports, engine_name)
+        if facts is not None:
+            return facts
+    return run_probe_container(node, image, target, ports, run_id)
+
+
+def run_probe_container(
     node: Node, image: str, target: str | None, ports: list[int], run_id: str = "probe"
 ) -> dict[str, Any]:
     """Run the probe container on a node (host network and IPC) and return its facts."""
@@ -264,6 +305,8 @@ def gather(
             f.image_id = image_id.result()
         f.engine_version = info.get("ServerVersion")
         f.engine_key = engine_key(info)
+        f.engine_name = info.get("Name")
+        f.rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
         f.gpu_runtime = node.has_gpu_runtime(info)
         setting = gpus_setting(gpus_flag, node.spec, gpus_default)
         f.gpus = effective_gpus(setting, f.gpu_runtime)
@@ -295,7 +338,15 @@ def gather(
             node, f = pair
             if not f.engine_version or not f.image_id:
                 return
-            f.probe = run_probe(node, image, addr, wanted if node.rank == 0 else [], run_id)
+            f.probe = run_probe(
+                node,
+                image,
+                addr,
+                wanted if node.rank == 0 else [],
+                run_id,
+                engine_name=f.engine_name,
+                rootless=f.rootless,
+            )
             f.shm_bytes = f.probe.get("shm_bytes")
             if not f.interface and f.probe:
                 f.problems.append(

@@ -1,4 +1,5 @@
-"""The pre-flight probe: run with ``python3 -c`` in a host-network container on each node (stdlib only).
+"""The pre-flight probe: run with ``python3 -c`` on each node's host (over SSH) or, where that python3
+is missing or does not see what containers see, in a host-network container (stdlib only, Python 3.8+).
 
 Usage: ``python3 -c SOURCE '{"target": "10.0.0.1", "ports": [29500, 29501]}'``. Prints one line
 ``FGL-PROBE {json}`` with what this node sees: its hostname and what that resolves to, its IPv4
@@ -6,7 +7,7 @@ interfaces, the interface and source address that route to ``target`` (node 0; o
 goes through ``lo``, so the interface holding the address is taken), which of ``ports`` are free to bind,
 the size of /dev/shm and the clock.
 
-This file is shipped as text into containers; it never imports anything outside the standard library.
+This file is shipped as text; it never imports anything outside the standard library.
 """
 
 import json

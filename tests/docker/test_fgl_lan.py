@@ -237,8 +237,15 @@ def test_sync_image_copies_the_runtime_image_to_every_node(lan, synced, runtime_
 
 def test_doctor_checks_every_node_over_ssh(lan, synced, env, runtime_image):
     assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    since = str(int(time.time()) - 1)
     result = fgl(env, "doctor", *nodes_arg(lan), "--image", runtime_image, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
+    for node in lan.nodes:  # the nodes' own python3 probed them over SSH: no probe container
+        created = node.docker(
+            "events", "--since", since, "--until", str(int(time.time()) + 1),
+            "--filter", "type=container", "--filter", "event=create", "--format", "{{.ID}}",
+        )  # fmt: skip
+        assert created.stdout.split() == [], f"containers were created on {node.netns}"
     rows = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
     assert [row[1] for row in rows] == [n.spec for n in lan.nodes]
     image = image_id_here(runtime_image).removeprefix("sha256:")[:12]

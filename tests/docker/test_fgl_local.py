@@ -381,6 +381,19 @@ def test_doctor_on_the_local_engine(docker_client, image, env):
     assert "lo (127.0.0.1)" in row and "free" in row and row.rstrip().endswith(("ok", "warn"))
 
 
+def test_doctor_probes_in_a_container_where_the_host_has_no_python3(docker_client, image, env):
+    no_python = {**env, "PATH": "/nonexistent"}  # fgl itself runs as sys.executable
+    since = int(time.time()) - 1
+    result = fgl(no_python, "doctor", "--nodes", "localhost", "--image", image)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lo (127.0.0.1)" in result.stdout.splitlines()[1]
+    events = docker_client.events(
+        since=since, until=int(time.time()) + 1, decode=True,
+        filters={"type": "container", "event": "create", "label": "fgl.role=probe"},
+    )  # fmt: skip
+    assert len(list(events)) == 1
+
+
 def test_doctor_fails_for_a_missing_image(docker_client, image, env):
     result = fgl(env, "doctor", "--nodes", "localhost", "--image", "fgl-test/absent:none")
     assert result.returncode == 1 and "missing" in result.stdout
