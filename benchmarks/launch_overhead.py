@@ -114,7 +114,7 @@ def timed(module, name, label):
     setattr(module, name, wrapper)
 timed(fgl.launch, "connect_all", "connect")
 timed(fgl.launch, "gather", "preflight")
-timed(fgl.preflight, "run_probe", "probe")
+timed(fgl.preflight, "run_probe_container", "probe")
 timed(fgl.launch, "_start_all", "start")
 create_and_start = fgl.launch.create_and_start
 def refused(client, kwargs):
@@ -627,9 +627,9 @@ def breakdown_table(sizes: list[int], inst: dict[int, Launch], hand: dict[int, l
         ("import fgl.cli, fgl.launch (docker, paramiko)", "python", "imported"),
         ("CLI parsing, node specs, settings", "imported", "connect+"),
         ("connect_all (SSH handshakes, engine version)", "connect+", "connect-"),
-        ("pre-flight: engine info, image id", "preflight+", "probe+"),
-        ("pre-flight: probe containers", "probe+", "probe-"),
-        ("plan, run.json, until the first create", "probe-", "start+"),
+        ("pre-flight: info, image id, probe on each host", "preflight+", "preflight-"),
+        ("  of which probe containers (fallback only)", "probe+", "probe-"),
+        ("plan, run.json, until the first create", "preflight-", "start+"),
         ("create + start refused (memlock=-1), removed", "start+", "refused-"),
         ("create + start every container", "create+", "start-"),
         ("started -> every rank running", "start-", "running"),

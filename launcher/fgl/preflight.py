@@ -172,42 +172,22 @@ class NodeFacts:
         return self.probe.get("source")
 
 
-def probe_on_host(
-    node: Node, target: str | None, ports: list[int], engine_name: str | None
-) -> dict[str, Any] | None:
-    """The probe run by the node's own ``python3`` (over SSH; no container), or None where that
-    cannot stand for a host-network container: no python3 there, or the engine is not on that host
-    (its name differs from the host's: a VM like Docker Desktop, or a remote DOCKER_HOST)."""
-    if not engine_name:
-        return None
+def probe_on_host(node: Node, target: str | None, ports: list[int]) -> dict[str, Any] | None:
+    """The probe run by the node's own ``python3`` (a subprocess here, or over the node's SSH
+    connection; no container), or None when that fails (no python3 there, a restricted shell)."""
     args = json.dumps({"target": target, "ports": ports})
     try:
         code, output = node.run_on_host(["python3", "-c", probe_source(), args])
-        facts = parse_probe_output(output) if code == 0 else None
+        return parse_probe_output(output) if code == 0 else None
     except Exception:  # any failure here only means: use the container
         return None
-    if not facts or facts.get("hostname") != engine_name:
-        return None
-    facts["via"] = "host"
-    return facts
 
 
-def run_probe(
-    node: Node,
-    image: str,
-    target: str | None,
-    ports: list[int],
-    run_id: str = "probe",
-    engine_name: str | None = None,
-    rootless: bool = False,
-) -> dict[str, Any]:
-    """The node's network facts: from its host's python3 when that sees what a host-network container
-    sees (same host, engine not rootless), else from a probe container (host network and IPC)."""
-    if not rootless:
-        facts = probe_on_host(node, target, ports, engine_name)
-        if facts is not None:
-            return facts
-    return run_probe_container(node, image, target, ports, run_id)
+def host_probe_stands_for_container(facts: dict[str, Any] | None, f: NodeFacts) -> bool:
+    """Whether the host's view is what a host-network container of this engine sees: the engine runs
+    on that host (its name is the host's; not a VM like Docker Desktop) and is not rootless (whose
+    containers live in a network namespace of their own)."""
+    return bool(facts) and not f.rootless and facts.get("hostname") == f.engine_name
 
 
 def run_probe_container(
@@ -288,25 +268,35 @@ def gather(
     endpoint: str | None = None,
     strict: bool = True,
 ) -> Preflight:
-    """Check every node in parallel (engine, GPU runtime, image id, then the probe); problems are collected.
+    """Check every node in parallel (engine, GPU runtime, image id, the probe); problems are collected.
 
-    ``strict`` (``fgl up``) probes only when everything else passed; otherwise (``fgl doctor``) every node
-    whose engine answered and has the image is probed.
+    The probe runs on each node's host while ``docker info`` and the image lookup are under way; a probe
+    container replaces it where the host's view cannot stand for a container's. ``strict`` (``fgl up``)
+    starts probe containers only when everything else passed; otherwise (``fgl doctor``) on every node
+    whose engine answered and has the image.
     """
     facts = [NodeFacts(rank=n.rank, name=n.name) for n in nodes]
+    addr = endpoint if endpoint is not None else endpoint_address([n.spec for n in nodes])
+    wanted = [port] if port else list(range(DEFAULT_PORT, DEFAULT_PORT + PORT_CANDIDATES))
+
+    def ports_for(node: Node) -> list[int]:
+        return wanted if node.rank == 0 else []
 
     def engine(pair: tuple[Node, NodeFacts]) -> None:
         node, f = pair
-        with ThreadPoolExecutor(
-            1
-        ) as pool:  # the image lookup overlaps `docker info` (a round trip each)
+        # one round trip each: the image lookup and the host probe overlap `docker info`
+        with ThreadPoolExecutor(2) as pool:
             image_id = pool.submit(node.image_id, image)
+            host = pool.submit(probe_on_host, node, addr, ports_for(node)) if probe else None
             info = node.info()
             f.image_id = image_id.result()
+            host_facts = host.result() if host else None
         f.engine_version = info.get("ServerVersion")
         f.engine_key = engine_key(info)
         f.engine_name = info.get("Name")
         f.rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
+        if host_probe_stands_for_container(host_facts, f):
+            f.probe = {**host_facts, "via": "host"}
         f.gpu_runtime = node.has_gpu_runtime(info)
         setting = gpus_setting(gpus_flag, node.spec, gpus_default)
         f.gpus = effective_gpus(setting, f.gpu_runtime)
@@ -329,36 +319,26 @@ def gather(
     problems = image_problems(image, {f.name: f.image_id for f in facts if f.engine_version})
     if problems:
         facts[0].problems.extend(problems)
-    addr = endpoint if endpoint is not None else endpoint_address([n.spec for n in nodes])
     free: list[int] = []
     if probe and (not strict or not any(f.problems for f in facts)):
-        wanted = [port] if port else list(range(DEFAULT_PORT, DEFAULT_PORT + PORT_CANDIDATES))
 
-        def run_one(pair: tuple[Node, NodeFacts]) -> None:
+        def in_container(pair: tuple[Node, NodeFacts]) -> None:
             node, f = pair
-            if not f.engine_version or not f.image_id:
+            if f.probe or not f.engine_version or not f.image_id:
                 return
-            f.probe = run_probe(
-                node,
-                image,
-                addr,
-                wanted if node.rank == 0 else [],
-                run_id,
-                engine_name=f.engine_name,
-                rootless=f.rootless,
-            )
+            f.probe = run_probe_container(node, image, addr, ports_for(node), run_id)
+
+        results = parallel(in_container, list(zip(nodes, facts, strict=True)))
+        for node, f, r in zip(nodes, facts, results, strict=True):
+            if isinstance(r, NodeError):
+                f.problems.append(str(r))
+            elif isinstance(r, BaseException):
+                raise r
             f.shm_bytes = f.probe.get("shm_bytes")
             if not f.interface and f.probe:
                 f.problems.append(
                     f"node {node.name}: no interface routes to node 0 at {addr} "
                     f"({f.probe.get('route_error', 'no route')}); set 'address:' in fgl.yaml"
                 )
-
-        results = parallel(run_one, list(zip(nodes, facts, strict=True)))
-        for f, r in zip(facts, results, strict=True):
-            if isinstance(r, NodeError):
-                f.problems.append(str(r))
-            elif isinstance(r, BaseException):
-                raise r
         free = list(facts[0].probe.get("free_ports", []))
     return Preflight(image=image, endpoint=addr, facts=facts, free_ports=free)
