@@ -331,6 +331,28 @@ def test_two_node_ddp_training_across_the_lan(lan, synced, env, workspace, runti
     assert status.returncode == 0 and "exited 0" in status.stdout
 
 
+def test_two_ranks_per_node_make_a_world_of_four(lan, synced, env, workspace, runtime_image):
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    result = fgl(
+        env, "up", *nodes_arg(lan), "--nproc-per-node", "2", "--image", runtime_image,
+        "--workspace", str(workspace), *OFFLINE_ENV, "--", *train_command(workspace, max_steps=2),
+        timeout=600,
+    )  # fmt: skip
+    run = the_run(env)
+    logs = [(run / f"node-{i}.log").read_text() for i in range(2)]
+    assert result.returncode == 0, result.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
+    ranks = set()
+    for log in logs:
+        lines = joined_lines(log)
+        assert len(lines) == 2, log[-3000:]  # two local ranks on each node
+        assert {line.split("(local rank ")[1][0] for line in lines} == {"0", "1"}
+        assert all(" of 4 (local rank " in line and "of 2)" in line for line in lines)
+        ranks |= {int(line.split()[2]) for line in lines}
+    assert ranks == {0, 1, 2, 3}
+    checkpoint = workspace / "tiny" / "checkpoints" / "checkpoint-2"
+    assert json.loads((checkpoint / "manifest.json").read_text())["world_size"] == 4
+
+
 # ---------------------------------------------------------------- failure: a node's container dies
 
 

@@ -125,13 +125,15 @@ class DistributedEnvironment:
                 f"all-reduce check failed: {ranks} ranks answered (rank sum {rank_sum}), "
                 f"expected {self.world_size} (rank sum {expected})"
             )
-        print(
+        line = (
             f"rank {self.rank} of {self.world_size} (local rank {self.local_rank} of "
             f"{self.local_world_size}) on {socket.gethostname()}: joined the {dist.get_backend()} "
-            f"group at {self.master_addr}:{self.master_port}; all-reduce over {ranks} ranks ok",
-            file=sys.stderr,
-            flush=True,
+            f"group at {self.master_addr}:{self.master_port}; all-reduce over {ranks} ranks ok\n"
         )
+        # one write: the ranks of a node share torchrun's stderr, and print() writes the text and
+        # its newline separately, so lines of two ranks could run together
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
     @property
     def initialized(self) -> bool:
