@@ -334,3 +334,34 @@ def free_port() -> int:
 
 def which_compose() -> str:
     return shutil.which("docker-compose") or "/usr/bin/docker-compose"
+
+
+def fgl(env: dict[str, str], *args: str, timeout: float = 300, cwd=None):
+    """Run the real ``fgl`` CLI (this interpreter's) with ``env``; its completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "fgl.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def fgl_bg(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """Start ``fgl`` in the background, stdout and stderr together in one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fgl.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def the_run(env: dict[str, str]) -> Path:
+    """The one run directory under ``$FGL_RUNS_DIR``."""
+    (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
+    return run

@@ -15,14 +15,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.docker.conftest import OFFLINE_ENV, SMALL_MODEL, TINY_LLAMA, wait_for
+from tests.docker.conftest import (
+    OFFLINE_ENV,
+    SMALL_MODEL,
+    TINY_LLAMA,
+    fgl,
+    fgl_bg,
+    the_run,
+    wait_for,
+)
 from tests.docker.lan import Lan, missing_tools
 
 pytestmark = pytest.mark.docker
@@ -63,28 +70,6 @@ def workspace():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def fgl(env, *args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "fgl.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def fgl_bg(env, *args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "fgl.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def nodes_arg(lan) -> list[str]:
     return ["--nodes", ",".join(n.spec for n in lan.nodes), "--ssh-key", str(lan.client_key)]
 
@@ -97,11 +82,6 @@ def containers_everywhere(lan, run_id: str | None = None) -> list[str]:
         done = node.docker("ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}")
         names += done.stdout.split()
     return names
-
-
-def the_run(env) -> Path:
-    (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
-    return run
 
 
 def joined_lines(log: str) -> list[str]:

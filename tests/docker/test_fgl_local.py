@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker.conftest import fgl, fgl_bg, the_run
+
 pytestmark = pytest.mark.docker
 
 FALLBACK_IMAGE = "fgl-test/torchrun:bookworm"
@@ -112,35 +114,9 @@ def env(tmp_path):
     return e
 
 
-def fgl(env, *args, timeout=120, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "fgl.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def fgl_bg(env, *args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "fgl.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def run_containers(docker_client, run_id=None):
     label = f"fgl.run={run_id}" if run_id else "fgl.run"
     return docker_client.containers.list(all=True, filters={"label": label})
-
-
-def the_run(env) -> Path:
-    (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
-    return run
 
 
 def wait_for(predicate, timeout=60.0, step=0.2):
