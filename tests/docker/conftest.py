@@ -365,3 +365,39 @@ def the_run(env: dict[str, str]) -> Path:
     """The one run directory under ``$FGL_RUNS_DIR``."""
     (run,) = [p for p in Path(env["FGL_RUNS_DIR"]).iterdir() if p.is_dir()]
     return run
+
+
+def fgl_env(home: Path, runs: Path) -> dict[str, str]:
+    """The environment of an fgl call: this one's, without DOCKER_HOST, with its own HOME (an
+    ``.ssh`` folder, no known hosts unless a test adds them) and runs dir."""
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env.update(FGL_RUNS_DIR=str(runs), HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+def image_id(image: str) -> str:
+    """The id of ``image`` on this machine's engine."""
+    return docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+
+
+def tiny_image(client, tag: str, content: str) -> str:
+    """Import a one-file image (enough to save, load and compare ids) on the engine of the Docker SDK
+    ``client`` under ``tag``, replacing what had that tag, and return its id."""
+    import contextlib
+    import io
+    import tarfile
+
+    import docker.errors
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = content.encode()
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    repository, tag_name = tag.split(":")
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(tag, force=True)  # else each run leaves the previous one dangling
+    client.api.import_image_from_data(buf.getvalue(), repository=repository, tag=tag_name)
+    return client.images.get(tag).id

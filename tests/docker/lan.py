@@ -225,15 +225,6 @@ class Lan:
         with open(ssh / "known_hosts", "a") as out:
             out.writelines(lines)
 
-    def inventory(self, path: Path, **extra) -> Path:
-        """Write an fgl.yaml naming every node (SSH key of this LAN) plus ``extra`` top-level keys."""
-        import yaml
-
-        data = {"ssh_key": str(self.root / "client_key"), **extra}
-        data["nodes"] = [node.spec for node in self.nodes]
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
-
     @property
     def client_key(self) -> Path:
         return self.root / "client_key"

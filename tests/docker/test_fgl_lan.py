@@ -11,7 +11,6 @@ unreachable node.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,10 @@ from tests.docker.conftest import (
     TINY_LLAMA,
     fgl,
     fgl_bg,
+    fgl_env,
+    image_id,
     the_run,
+    tiny_image,
     wait_for,
 )
 from tests.docker.lan import Lan, missing_tools
@@ -54,11 +56,8 @@ def lan(engine):
 @pytest.fixture
 def env(tmp_path, lan):
     """Environment of an fgl call from the workstation: its own HOME (node keys trusted) and runs dir."""
-    home = tmp_path / "home"
-    lan.trust(home)
-    e = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    e.update(FGL_RUNS_DIR=str(tmp_path / "runs"), HOME=str(home), PYTHONUNBUFFERED="1")
-    return e
+    lan.trust(tmp_path / "home")
+    return fgl_env(tmp_path / "home", tmp_path / "runs")
 
 
 @pytest.fixture
@@ -101,9 +100,7 @@ def train_command(workspace: Path, max_steps: int) -> list[str]:
 
 
 def test_unknown_host_key_is_refused_naming_the_host(lan, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    (tmp_path / "home" / ".ssh").mkdir(parents=True)
-    env.update(HOME=str(tmp_path / "home"), FGL_RUNS_DIR=str(tmp_path / "runs"))
+    env = fgl_env(tmp_path / "home", tmp_path / "runs")  # no known hosts
     node = lan.nodes[1]
     result = fgl(env, "ps", "--nodes", node.spec, "--ssh-key", str(lan.client_key), timeout=60)
     assert result.returncode != 0
@@ -183,20 +180,10 @@ def synced(lan, runtime_image, tmp_path_factory):
     """The runtime image copied to both nodes by ``fgl sync-image``; (result, seconds)."""
     home = tmp_path_factory.mktemp("sync-home")
     lan.trust(home)
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    env.update(HOME=str(home), FGL_RUNS_DIR=str(home / "runs"))
+    env = fgl_env(home, home / "runs")
     t0 = time.monotonic()
     result = fgl(env, "sync-image", runtime_image, *nodes_arg(lan), timeout=900)
     return result, time.monotonic() - t0
-
-
-def image_id_here(image: str) -> str:
-    return subprocess.run(
-        ["/usr/bin/docker", "image", "inspect", "-f", "{{.Id}}", image],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 def test_sync_image_copies_the_runtime_image_to_every_node(lan, synced, runtime_image, env):
@@ -204,7 +191,7 @@ def test_sync_image_copies_the_runtime_image_to_every_node(lan, synced, runtime_
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:]}
     assert rows == {n.spec: "copied" for n in lan.nodes}, result.stdout
-    expected = image_id_here(runtime_image)
+    expected = image_id(runtime_image)
     for node in lan.nodes:
         assert node.docker("image", "inspect", "-f", "{{.Id}}", runtime_image).stdout.strip() == (
             expected
@@ -228,7 +215,7 @@ def test_doctor_checks_every_node_over_ssh(lan, synced, env, runtime_image):
         assert created.stdout.split() == [], f"containers were created on {node.netns}"
     rows = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
     assert [row[1] for row in rows] == [n.spec for n in lan.nodes]
-    image = image_id_here(runtime_image).removeprefix("sha256:")[:12]
+    image = image_id(runtime_image).removeprefix("sha256:")[:12]
     for row, node in zip(rows, lan.nodes, strict=True):
         assert row[2] == "ok" and image in row  # ssh, and the same image id on both
         assert f"eth0 ({node.address})" in " ".join(row)  # the interface that reaches node 0
@@ -236,28 +223,14 @@ def test_doctor_checks_every_node_over_ssh(lan, synced, env, runtime_image):
     assert "29500 free" in " ".join(rows[0])
 
 
-def tiny_image(node_or_none, tag: str, content: str) -> str:
-    """Import a one-file image on a node's engine (or this machine's) and return its id."""
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(content.encode())
-        tar.addfile(info, io.BytesIO(content.encode()))
-    host = ["-H", node_or_none.docker_host] if node_or_none else []
-    done = subprocess.run(
-        ["/usr/bin/docker", *host, "import", "-", tag],
-        input=buf.getvalue(),
-        capture_output=True,
-        check=True,
-    )
-    return done.stdout.decode().strip()
-
-
 def test_different_image_digests_are_refused_before_anything_starts(lan, env):
-    ids = [tiny_image(node, "fgl-test/lan:differs", f"node {node.index}") for node in lan.nodes]
+    ids = []
+    for node in lan.nodes:
+        client = node.client()
+        try:
+            ids.append(tiny_image(client, "fgl-test/lan:differs", f"node {node.index}"))
+        finally:
+            client.close()
     result = fgl(env, "up", *nodes_arg(lan), "--image", "fgl-test/lan:differs", "--", "true")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "differs between nodes" in result.stderr
@@ -296,7 +269,7 @@ def test_two_node_ddp_training_across_the_lan(lan, synced, env, workspace, runti
     checkpoint = workspace / "tiny" / "checkpoints" / "checkpoint-4"
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     assert manifest["world_size"] == 2
-    assert manifest["image_digest"] == image_id_here(runtime_image)
+    assert manifest["image_digest"] == image_id(runtime_image)
     assert {p.name for p in checkpoint.glob("rng_state_rank*.pt")} == {
         "rng_state_rank0.pt",
         "rng_state_rank1.pt",

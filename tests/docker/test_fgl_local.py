@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.conftest import fgl, fgl_bg, the_run
+from tests.docker.conftest import fgl, fgl_bg, fgl_env, the_run, tiny_image
 
 pytestmark = pytest.mark.docker
 
@@ -107,11 +107,7 @@ def image(docker_client):
 @pytest.fixture
 def env(tmp_path):
     """The environment of every fgl call: its own runs dir and HOME (empty known_hosts)."""
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    e = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST",)}
-    e.update(FGL_RUNS_DIR=str(tmp_path / "runs"), HOME=str(home), PYTHONUNBUFFERED="1")
-    return e
+    return fgl_env(tmp_path / "home", tmp_path / "runs")
 
 
 def run_containers(docker_client, run_id=None):
@@ -496,27 +492,6 @@ def second_engine(docker_client):
                 client.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def tiny_image(client, tag: str, content: str) -> str:
-    """Import a one-file image (enough to save, load and compare ids) and return its id."""
-    import contextlib
-    import io
-    import tarfile
-
-    import docker.errors
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = content.encode()
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    repository, tag_name = tag.split(":")
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        client.images.remove(tag, force=True)  # else each run leaves the previous one dangling
-    client.api.import_image_from_data(buf.getvalue(), repository=repository, tag=tag_name)
-    return client.images.get(tag).id
 
 
 def two_nodes(env, sshd, tmp_path):

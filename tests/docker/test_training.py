@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from .conftest import OFFLINE_ENV, REPORT, SMALL_MODEL, TINY_LLAMA
+from .conftest import OFFLINE_ENV, REPORT, SMALL_MODEL, TINY_LLAMA, fgl, fgl_env
 
 pytestmark = pytest.mark.docker
 
@@ -36,16 +34,13 @@ def test_fgl_run_trains_into_the_workspace_as_the_invoking_user(runtime_image, t
     and its checkpoint lands in the workspace mounted at the same path."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    env.update(FGL_RUNS_DIR=str(tmp_path / "runs"), HOME=str(tmp_path / "home"))
-    command = [
-        sys.executable, "-m", "fgl.cli", "run", "--image", runtime_image,
-        "--workspace", str(workspace), *OFFLINE_ENV,
+    env = fgl_env(tmp_path / "home", tmp_path / "runs")
+    done = fgl(
+        env, "run", "--image", runtime_image, "--workspace", str(workspace), *OFFLINE_ENV,
         "--", "forgather", "-p", TINY_LLAMA, "train", "--max-steps", "3",
         "--output-dir", str(workspace / "tiny"), "trainer_args.eval_steps=3",
-        "trainer_args.save_steps=3", *SMALL_MODEL,
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        "trainer_args.save_steps=3", *SMALL_MODEL, timeout=600,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "training done: step 3/3" in done.stdout
     checkpoint = workspace / "tiny" / "checkpoints" / "checkpoint-3"
