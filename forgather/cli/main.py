@@ -19,6 +19,8 @@ from forgather.cli import (
     generate,
     inspect,
     scaffold,
+    serve,
+    tls,
     train,
 )
 from forgather.cli import tb as tb_command  # `tb` is the traceback module here
@@ -53,6 +55,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain Click help: long flag names are never cut at 80 columns
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -111,6 +114,8 @@ control.register(app)
 tb_command.register(app)
 train.register(app)
 generate.register(app)
+serve.register(app)
+tls.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,7 +105,7 @@ OWN_PATH = """
 import sys
 import torch
 from transformers import AutoModelForCausalLM
-from forgather.cli.generate import load_model
+from forgather.ml.models.loading import load_causal_lm
 from forgather.ml.models.factory import register_auto_classes
 
 model_dir, checkpoint, inputs, out = sys.argv[1:]
@@ -113,7 +113,7 @@ ids = torch.load(inputs)["ids"]
 register_auto_classes()
 installed = AutoModelForCausalLM.from_pretrained(model_dir).eval()
 assert type(installed).__module__.startswith("forgather."), type(installed).__module__
-from_checkpoint, _ = load_model(__import__("pathlib").Path(checkpoint))
+from_checkpoint, _, _ = load_causal_lm(checkpoint)
 with torch.no_grad():
     torch.save({"installed": installed(ids).logits, "checkpoint": from_checkpoint(ids).logits}, out)
 """

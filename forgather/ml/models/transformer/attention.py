@@ -11,6 +11,8 @@ All three apply the same mask, built once per forward by :func:`build_attention_
 causal, plus *document isolation* when ``position_ids`` restart inside a row (packed sequences:
 a token attends only to earlier tokens of its own document), plus key padding from a 2-D
 ``attention_mask``. A query always sees its own position, so padded rows never produce NaNs.
+A 4-D boolean ``attention_mask`` (batch, 1, queries, keys) is used as given, the Hugging Face
+convention for a prepared mask (the inference server's slot cache passes one per step).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class AttentionMask:
         device: torch.device,
         key_valid: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
+        prepared: torch.Tensor | None = None,
     ):
         self.batch_size = batch_size
         self.query_length = query_length
@@ -68,14 +71,14 @@ class AttentionMask:
         self.device = device
         self.key_valid = key_valid
         self.doc_ids = doc_ids
-        self._dense: torch.Tensor | None = None
+        self._dense: torch.Tensor | None = prepared
         self._block_mask: Any = None
         self._block_mask_built = False
 
     @property
     def causal_only(self) -> bool:
         """True when the mask is the plain causal one (no padding, no document boundaries)."""
-        return self.key_valid is None and self.doc_ids is None
+        return self.key_valid is None and self.doc_ids is None and self._dense is None
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Absolute indices of the queries and of the keys."""
@@ -98,6 +101,13 @@ class AttentionMask:
 
     def mask_mod(self) -> Callable:
         past, doc_ids, key_valid = self.past_length, self.doc_ids, self.key_valid
+        if self._dense is not None and key_valid is None and doc_ids is None:
+            dense = self._dense
+
+            def prepared_mod(b, h, q_idx, kv_idx):
+                return dense[b, 0, q_idx, kv_idx]
+
+            return prepared_mod
 
         def mask_mod(b, h, q_idx, kv_idx):
             q_abs = q_idx + past
@@ -140,17 +150,28 @@ def build_attention_mask(
 ) -> AttentionMask:
     """Collect what the layers need to mask attention for one forward call.
 
-    ``attention_mask``: optional 2-D (batch, past + seq) with 1 for real tokens, 0 for padding.
+    ``attention_mask``: optional 2-D (batch, past + seq) with 1 for real tokens, 0 for padding, or a
+    prepared 4-D boolean (batch, 1, seq, past + seq) with True where a query may attend a key.
     ``position_ids``: (batch, seq); restarts mark document boundaries (used only without cache).
     """
     batch_size, query_length = input_shape
     key_length = past_length + query_length
     key_valid = None
+    if attention_mask is not None and attention_mask.dim() == 4:
+        expected = (batch_size, 1, query_length, key_length)
+        if attention_mask.dtype != torch.bool or tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"a 4-D attention_mask must be boolean of shape {expected}; "
+                f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        return AttentionMask(
+            batch_size, query_length, past_length, device, prepared=attention_mask.to(device)
+        )
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError(
-                "attention_mask must be 2-D (batch, sequence) with 1 for tokens and 0 for padding; "
-                f"got shape {tuple(attention_mask.shape)}"
+                "attention_mask must be 2-D (batch, sequence) with 1 for tokens and 0 for padding, "
+                f"or a prepared 4-D boolean mask; got shape {tuple(attention_mask.shape)}"
             )
         if attention_mask.shape[-1] < key_length:
             raise ValueError(

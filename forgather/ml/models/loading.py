@@ -1,0 +1,101 @@
+"""Loading a trained causal LM for inference: a saved model directory or a training checkpoint.
+
+A model directory is what ``save_pretrained`` writes (``config.json``, weights, tokenizer; forgather's
+own also hold the model's source, loaded as Hugging Face remote code). A checkpoint directory
+(``manifest.json``) sits below the model directory of its run; its ``model.safetensors`` replaces the
+saved weights, and every weight must match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgather.errors import ForgatherError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ModelNotFoundError(ForgatherError):
+    """No loadable model at the given path."""
+
+
+def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
+    """(directory with config.json, checkpoint directory or None) for a model dir or a checkpoint."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} does not exist")
+    if (path / "manifest.json").is_file():
+        for parent in path.parents:
+            if (parent / "config.json").is_file():
+                return parent, path
+        raise ModelNotFoundError(
+            f"{path} is a checkpoint, but no directory above it holds the model's config.json"
+        )
+    if (path / "config.json").is_file():
+        return path, None
+    raise ModelNotFoundError(
+        f"{path} holds neither a model (config.json) nor a checkpoint (manifest.json)"
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str, config_dtype: Any = None) -> Any:
+    """The torch dtype to run in: ``auto`` is the saved dtype on GPUs and float32 on the CPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ForgatherError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cpu"):
+        return torch.float32
+    if isinstance(config_dtype, str):
+        config_dtype = getattr(torch, config_dtype, None)
+    return config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
+
+
+def _load_checkpoint_weights(model: Any, model_dir: Path, checkpoint: Path) -> None:
+    """Every weight from the checkpoint (tied weights are stored once, as the trainer writes them)."""
+    from safetensors.torch import load_model
+
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise ModelNotFoundError(f"{checkpoint} has no model.safetensors")
+    try:
+        load_model(model, str(weights), strict=True)
+    except RuntimeError as error:
+        raise ModelNotFoundError(
+            f"{checkpoint} does not belong to the model in {model_dir}: "
+            f"{' '.join(str(error).split())[:300]}"
+        ) from None
+
+
+def load_causal_lm(
+    path: str | Path, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = True
+) -> tuple[Any, Any, Path]:
+    """(model in eval mode on ``device``, tokenizer, model directory) for a model dir or checkpoint."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, checkpoint = find_model_dir(path)
+    device = resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, dtype=torch_dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
+    if checkpoint is not None:
+        _load_checkpoint_weights(model, model_dir, checkpoint)
+    return model.to(device).eval(), tokenizer, model_dir

@@ -1,0 +1,108 @@
+"""A slot-based KV cache for continuous batching, usable by any decoder that calls ``cache.update``.
+
+The store keeps, per layer, keys and values shaped ``(slots, kv_heads, max_len + 1, head_dim)``: slot
+``s`` holds one sequence, position ``p`` of that sequence lives at index ``p``, and the extra last
+index is a trash column that rows without work write to. A :class:`CacheView` is what one forward
+pass sees: Hugging Face models (and forgather's own) call ``view.update(key, value, layer_idx)``
+with the new tokens' keys and values; the view writes them at their positions and returns the keys
+and values of the batch's slots up to ``kv_len``, which the model attends to through the 4-D mask
+the engine builds for the same step. Buffers are allocated on the first update of each layer, so
+the store needs no knowledge of the model's head layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class SlotKVCache:
+    """Keys and values of ``slots`` sequences of up to ``max_len`` tokens each."""
+
+    def __init__(self, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        self.slots = slots
+        self.max_len = max_len
+        self.trash = max_len
+        self.device = device
+        self.dtype = dtype
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.row_index = torch.arange(slots, device=device)
+
+    def buffers(self, layer_idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers of a layer, allocated from the first keys it sees."""
+        keys = self.keys.get(layer_idx)
+        if keys is None:
+            shape = (self.slots, like.shape[1], self.max_len + 1, like.shape[3])
+            keys = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            self.keys[layer_idx] = keys
+            self.values[layer_idx] = torch.zeros_like(keys)
+        return keys, self.values[layer_idx]
+
+    def nbytes(self) -> int:
+        """Bytes held by the allocated buffers."""
+        return sum(
+            t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values())
+        )
+
+    def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Copy the first ``length`` positions of slot ``source`` into each slot of ``targets``."""
+        if not targets or length == 0:
+            return
+        index = torch.tensor(targets, device=self.device)
+        for store in (self.keys, self.values):
+            for buffer in store.values():
+                buffer[index, :, :length] = buffer[source, :, :length]
+
+    def prefill_view(self, slot: int, start: int, length: int) -> CacheView:
+        """A view for ``length`` new tokens of one sequence, at positions ``start …``."""
+        return CacheView(self, slice(slot, slot + 1), None, (start, start + length), start + length)
+
+    def decode_view(self, rows: int, positions: torch.Tensor, kv_len: int) -> CacheView:
+        """A view for one new token in each of slots ``0 … rows-1``, written at ``positions``."""
+        return CacheView(self, slice(0, rows), positions, None, kv_len)
+
+
+class CacheView:
+    """The cache as one forward pass sees it (duck-types ``transformers.Cache`` where models use it)."""
+
+    is_compileable = False
+
+    def __init__(
+        self,
+        store: SlotKVCache,
+        rows: slice,
+        positions: torch.Tensor | None,
+        span: tuple[int, int] | None,
+        kv_len: int,
+    ):
+        self.store = store
+        self.rows = rows
+        self.positions = positions
+        self.span = span
+        self.kv_len = kv_len
+        self._row_index = store.row_index[rows] if positions is not None else None
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values (batch, kv_heads, new, head_dim); return the batch's keys/values."""
+        keys, values = self.store.buffers(layer_idx, key)
+        if self.span is not None:
+            start, stop = self.span
+            keys[self.rows, :, start:stop] = key
+            values[self.rows, :, start:stop] = value
+        else:
+            keys[self._row_index, :, self.positions] = key[:, :, 0]
+            values[self._row_index, :, self.positions] = value[:, :, 0]
+        return keys[self.rows, :, : self.kv_len], values[self.rows, :, : self.kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Keys before the new tokens (forgather's model sizes its mask from it)."""
+        if self.span is not None:
+            return self.span[0]
+        return self.kv_len - 1
+
+    def __len__(self) -> int:
+        return len(self.store.keys)
