@@ -8,7 +8,7 @@
 #        forgather ARGS | -OPTION ...    forgather ARGS
 #        fgl-train ARGS                  forgather train ARGS
 #        SUBCOMMAND ARGS                 forgather SUBCOMMAND ARGS (train, ls, pp, generate, ...)
-#        serve [--model DIR] [--port N]  serving mode (images/serve_health.py for now)
+#        serve [MODEL] [FLAGS]           forgather serve (MODEL defaults to $FORGATHER_SERVE_MODEL)
 #        anything else (bash, python, torchrun, ...)   exec'd as is
 # Environment: PUID, PGID, FORGATHER_QUIET=1 (no GPU line), FORGATHER_DEV_EDITABLE=1 (dev image:
 # `pip install --no-deps -e` the checkout at FORGATHER_SRC, default /workspace/forgather, first).
@@ -16,7 +16,6 @@ set -euo pipefail
 
 USER_NAME=forgather
 SUBCOMMANDS_FILE=/opt/forgather/subcommands
-SERVE_SCRIPT=/opt/forgather/images/serve_health.py
 
 say() { echo "forgather-entrypoint: $*" >&2; }
 
@@ -126,7 +125,7 @@ fi
 case "$1" in
     forgather) ;;
     fgl-train) shift; set -- forgather train "$@" ;;
-    serve) shift; set -- python "$SERVE_SCRIPT" "$@" ;;
+    serve) shift; set -- forgather serve "$@" ;;
     -*) set -- forgather "$@" ;;
     *) if is_subcommand "$1"; then set -- forgather "$@"; fi ;;
 esac

@@ -17,6 +17,7 @@ import typer
 
 from fgl import __version__
 from fgl.errors import FglError
+from fgl.node_options import Targets, node_options
 from fgl.output import error, info, table, warn
 
 HELP = f"""fgl {__version__}: launch forgather across the machines of a LAN.
@@ -87,22 +88,6 @@ def version_command() -> None:
 
 # ---------------------------------------------------------------- shared options
 
-Nodes = Annotated[
-    str | None,
-    typer.Option(
-        "--nodes", "-n", help="Nodes as [user@]host[:port],… (localhost = this machine's engine)."
-    ),
-]
-InventoryOpt = Annotated[
-    str | None,
-    typer.Option("--inventory", "-i", help="Inventory file (default: ./fgl.yaml if present)."),
-]
-SshKey = Annotated[
-    str | None, typer.Option("--ssh-key", help="SSH private key (the SSH agent is used too).")
-]
-SshConfig = Annotated[
-    str, typer.Option("--ssh-config", help="OpenSSH client config whose Host aliases apply.")
-]
 Image = Annotated[
     str | None, typer.Option("--image", help="Image to run (default: 'image:' in fgl.yaml).")
 ]
@@ -146,25 +131,6 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _inventory(path: str | None):
-    from fgl.inventory import find_inventory, load_inventory
-
-    found = find_inventory(path)
-    return load_inventory(found) if found else None
-
-
-def _specs(
-    nodes: str | None, inventory, ssh_key: str | None, ssh_config: str, default_local: bool = False
-):
-    from fgl.inventory import parse_node_list, resolve_nodes, select_nodes
-
-    if not nodes and default_local and not (inventory and inventory.nodes):
-        specs = parse_node_list("localhost")
-    else:
-        specs = select_nodes(nodes, inventory)
-    return resolve_nodes(specs, ssh_config, ssh_key)
-
-
 def _env(items: list[str] | None):
     from fgl.inventory import parse_env_pairs
 
@@ -176,15 +142,11 @@ def _env(items: list[str] | None):
 
 @app.command("nodes")
 @handles_errors
-def nodes_command(
-    nodes: Nodes = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
-) -> None:
+@node_options()
+def nodes_command(targets: Targets) -> None:
     """Print the resolved nodes: rank, engine target (after ~/.ssh/config), key, address, GPUs."""
-    inv = _inventory(inventory)
-    specs = _specs(nodes, inv, ssh_key, ssh_config)
+    inv = targets.inventory
+    specs = targets.specs()
     rows = [
         (
             rank,
@@ -205,34 +167,37 @@ def nodes_command(
 
 @app.command("run", context_settings=ARGS_AFTER_DASHDASH)
 @handles_errors
+@node_options(single=True)
 def run_command(
+    targets: Targets,
     command: Command = None,
     image: Image = None,
-    node: Annotated[str, typer.Option("--node", help="The node to run on.")] = "localhost",
     env: Env = None,
     env_file: EnvFile = None,
     workspace: Workspace = None,
     gpus: Gpus = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Run one container on one node: output streamed, exit code propagated, container removed."""
     from fgl.launch import run_one, settings_from
 
-    inv = _inventory(inventory)
-    (spec,) = _specs(node, inv, ssh_key, ssh_config)
+    spec = targets.one()
     settings = settings_from(
-        inv, image=image, env=_env(env), env_file=env_file, workspace=workspace, gpus=gpus
+        targets.inventory,
+        image=image,
+        env=_env(env),
+        env_file=env_file,
+        workspace=workspace,
+        gpus=gpus,
     )
     raise typer.Exit(run_one(spec, settings, list(command or [])))
 
 
 @app.command("up", context_settings=ARGS_AFTER_DASHDASH)
 @handles_errors
+@node_options()
 def up_command(
+    targets: Targets,
     command: Command = None,
-    nodes: Nodes = None,
     image: Image = None,
     gpus: Gpus = None,
     nproc: Annotated[
@@ -260,9 +225,6 @@ def up_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Run pre-flight, print the plan, start nothing.")
     ] = False,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Start CMD under one torchrun per node on every node, with a matched rendezvous; wait; clean up."""
     from fgl.inventory import parse_gpus, parse_memlock
@@ -270,10 +232,9 @@ def up_command(
 
     if rdzv not in ("c10d", "static"):
         raise FglError(f"--rdzv must be c10d or static, got {rdzv!r}")
-    inv = _inventory(inventory)
-    specs = _specs(nodes, inv, ssh_key, ssh_config)
+    specs = targets.specs()
     settings = settings_from(
-        inv,
+        targets.inventory,
         image=image,
         env=_env(env),
         env_file=env_file,
@@ -291,54 +252,35 @@ def up_command(
 # ---------------------------------------------------------------- down / ps / status / logs
 
 
-def _run_nodes(run_id: str, nodes: str | None, inventory: str | None, ssh_key, ssh_config) -> list:
-    from fgl.inventory import resolve_nodes
-    from fgl.runs import RunDir
-
-    if nodes:
-        return _specs(nodes, _inventory(inventory), ssh_key, ssh_config)
-    run_dir = RunDir(run_id)
-    if run_dir.exists():
-        return resolve_nodes(run_dir.node_specs(), ssh_config, ssh_key)
-    inv = _inventory(inventory)
-    if inv and inv.nodes:
-        return _specs(None, inv, ssh_key, ssh_config)
-    raise FglError(f"no record of {run_id} here; pass --nodes to say where its containers are")
-
-
 @app.command("down")
 @handles_errors
+@node_options()
 def down_command(
+    targets: Targets,
     run_id: Annotated[str, typer.Argument(help="The run id (fgl status lists them).")],
-    nodes: Nodes = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Stop and remove every container of a run on every node (idempotent)."""
-    from fgl.engine import Node, parallel
-
-    specs = _run_nodes(run_id, nodes, inventory, ssh_key, ssh_config)
-    targets = [Node(s, rank) for rank, s in enumerate(specs)]
-    results = parallel(lambda n: n.remove_run(run_id, grace=5.0), targets)
+    with targets.run(run_id) as run:
+        results = run.remove(grace=5.0)
     failed = False
-    for n, r in zip(targets, results, strict=True):
-        if isinstance(r, BaseException):
+    for node, removed in results:
+        if isinstance(removed, BaseException):
             failed = True
-            error(str(r) if isinstance(r, FglError) else f"node {n.name}: {r}")
-        elif r:
-            info(f"{n.name}: removed {', '.join(r)}")
-        n.close()
-    if not failed and not any(isinstance(r, list) and r for r in results):
-        info(f"nothing of {run_id} is left on {', '.join(n.name for n in targets)}")
+            error(str(removed) if isinstance(removed, FglError) else f"node {node.name}: {removed}")
+        elif removed:
+            info(f"{node.name}: removed {', '.join(removed)}")
+    if not failed and not any(r for _, r in results):
+        info(f"nothing of {run_id} is left on {', '.join(n.name for n, _ in results)}")
     raise typer.Exit(1 if failed else 0)
+
+
+CONTAINER_COLUMNS = ("node", "run", "rank", "role", "name", "status", "image")
 
 
 def _container_rows(node_name: str, containers: list) -> list[tuple]:
     rows = []
     for c in containers:
         labels = c.labels or {}
-        tags = c.attrs.get("Config", {}).get("Image", "")
         rows.append(
             (
                 node_name,
@@ -347,7 +289,7 @@ def _container_rows(node_name: str, containers: list) -> list[tuple]:
                 labels.get("fgl.role", ""),
                 c.name,
                 c.status,
-                tags,
+                c.attrs.get("Config", {}).get("Image", ""),
             )
         )
     return rows
@@ -355,47 +297,38 @@ def _container_rows(node_name: str, containers: list) -> list[tuple]:
 
 @app.command("ps")
 @handles_errors
+@node_options()
 def ps_command(
-    nodes: Nodes = None,
+    targets: Targets,
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run's containers.")] = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """List containers carrying fgl labels on the nodes (default: the inventory's, else localhost)."""
-    from fgl.engine import Node, parallel
+    from fgl.run import containers_on
 
-    specs = _specs(nodes, _inventory(inventory), ssh_key, ssh_config, default_local=True)
-    targets = [Node(s, rank) for rank, s in enumerate(specs)]
-    results = parallel(lambda n: n.containers(run_id), targets)
     rows: list[tuple] = []
     failed = False
-    for n, r in zip(targets, results, strict=True):
-        if isinstance(r, BaseException):
+    for node, found in containers_on(targets.specs(default_local=True), run_id):
+        if isinstance(found, BaseException):
             failed = True
-            error(str(r) if isinstance(r, FglError) else f"node {n.name}: {r}")
+            error(str(found) if isinstance(found, FglError) else f"node {node.name}: {found}")
         else:
-            rows += _container_rows(n.name, r)
-        n.close()
-    table(("node", "run", "rank", "role", "name", "status", "image"), rows)
+            rows += _container_rows(node.name, found)
+    table(CONTAINER_COLUMNS, rows)
     if failed:
         raise typer.Exit(1)
 
 
 @app.command("status")
 @handles_errors
+@node_options()
 def status_command(
+    targets: Targets,
     run_id: Annotated[
         str | None, typer.Argument(help="A run id; without it, list recorded runs.")
     ] = None,
-    nodes: Nodes = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """List recorded runs, or show one run: its nodes, their containers now, and its result."""
-    from fgl.engine import Node, parallel
-    from fgl.runs import RunDir, list_runs, runs_root
+    from fgl.runs import list_runs, runs_root
 
     if run_id is None:
         rows = []
@@ -417,84 +350,68 @@ def status_command(
             return
         table(("run", "kind", "created", "nodes", "image", "state"), rows)
         return
-    run_dir = RunDir(run_id)
-    rec = run_dir.record() if run_dir.exists() else {}
-    specs = _run_nodes(run_id, nodes, inventory, ssh_key, ssh_config)
-    if rec:
-        print(f"run {run_id}: {rec.get('kind', 'up')} of {shlex.join(rec.get('command', []))}")
-        print(
-            f"image {rec.get('image')} ({(rec.get('image_id') or '?')[:19]}), endpoint {rec.get('endpoint', '-')}"
-        )
-        print(f"logs {run_dir.path}")
-        res = run_dir.result()
-        print(
-            f"result: exited {res['exit_code']} ({res['reason']})"
-            if res
-            else "result: none yet (running, or fgl was killed)"
-        )
-    targets = [Node(s, rank) for rank, s in enumerate(specs)]
-    results = parallel(lambda n: n.containers(run_id), targets)
-    rows: list[tuple] = []
-    for n, r in zip(targets, results, strict=True):
-        if isinstance(r, BaseException):
-            rows.append((n.name, "", "", "", "", f"unreachable: {r}", ""))
-        else:
-            rows += _container_rows(n.name, r) or [
-                (n.name, run_id, n.rank, "", "-", "no container", "")
-            ]
-        n.close()
-    table(("node", "run", "rank", "role", "name", "status", "image"), rows)
+    with targets.run(run_id) as run:
+        rec = run.dir.record() if run.dir.exists() else {}
+        if rec:
+            print(f"run {run_id}: {rec.get('kind', 'up')} of {shlex.join(rec.get('command', []))}")
+            where = rec.get("url") or f"endpoint {rec.get('endpoint', '-')}"
+            print(f"image {rec.get('image')} ({(rec.get('image_id') or '?')[:19]}), {where}")
+            print(f"logs {run.dir.path}")
+            res = run.dir.result()
+            print(
+                f"result: exited {res['exit_code']} ({res['reason']})"
+                if res
+                else "result: none yet (running, or fgl was killed)"
+            )
+        rows: list[tuple] = []
+        for node, found in run.containers():
+            if isinstance(found, BaseException):
+                rows.append((node.name, "", "", "", "", f"unreachable: {found}", ""))
+            else:
+                rows += _container_rows(node.name, found) or [
+                    (node.name, run_id, node.rank, "", "-", "no container", "")
+                ]
+    table(CONTAINER_COLUMNS, rows)
 
 
 @app.command("logs")
 @handles_errors
+@node_options()
 def logs_command(
+    targets: Targets,
     run_id: Annotated[str, typer.Argument(help="The run id.")],
     follow: Annotated[
         bool,
         typer.Option("--follow", "-f", help="Stream live from the engines while the run lives."),
     ] = False,
     node: Annotated[int | None, typer.Option("--node", help="Only node i (its rank).")] = None,
-    nodes: Nodes = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Print a run's logs (copies in its run dir), or follow them live from the engines with -f."""
-    from fgl.engine import Node, parallel
     from fgl.logs import LogSink
     from fgl.runs import RunDir
 
     run_dir = RunDir(run_id)
     if follow:
-        specs = _run_nodes(run_id, nodes, inventory, ssh_key, ssh_config)
-        targets = [Node(s, rank) for rank, s in enumerate(specs) if node is None or rank == node]
-        found = parallel(lambda n: n.containers(run_id, role=None), targets)
-        live = [
-            (n, c)
-            for n, cs in zip(targets, found, strict=True)
-            if not isinstance(cs, BaseException)
-            for c in cs
-            if (c.labels or {}).get("fgl.role") in ("train", "run", "serve")
-        ]
-        if live:
-            sink = LogSink(None)
-            threads = [
-                threading.Thread(
-                    target=sink.pump,
-                    args=(f"node-{n.rank}", n.rank, c.logs(stream=True, follow=True)),
-                    daemon=True,
-                )
-                for n, c in live
-            ]
-            for t in threads:
-                t.start()
-            try:
-                while any(t.is_alive() for t in threads):
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
-            return
+        with targets.run(run_id) as run:
+            live = [(n, c) for n, c in run.workers() if node is None or n.rank == node]
+            if live:
+                sink = LogSink(None)
+                threads = [
+                    threading.Thread(
+                        target=sink.pump,
+                        args=(n.label, n.rank, c.logs(stream=True, follow=True)),
+                        daemon=True,
+                    )
+                    for n, c in live
+                ]
+                for t in threads:
+                    t.start()
+                try:
+                    while any(t.is_alive() for t in threads):
+                        time.sleep(0.2)
+                except KeyboardInterrupt:
+                    pass
+                return
         info(f"no live container of {run_id}; printing the copies in {run_dir.path}")
     files = run_dir.logs()
     if node is not None:
@@ -511,22 +428,19 @@ def logs_command(
 
 @app.command("sync-image")
 @handles_errors
+@node_options()
 def sync_image_command(
+    targets: Targets,
     image: Annotated[str, typer.Argument(help="Image to copy (name:tag or id).")],
-    nodes: Nodes = None,
     source: Annotated[
         str, typer.Option("--from", help="The engine that has the image.")
     ] = "localhost",
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Copy an image to every node lacking it (docker save | load over SSH, in parallel); verify the id."""
     from fgl.images import ImageRef, sync_image
 
-    inv = _inventory(inventory)
-    specs = _specs(nodes, inv, ssh_key, ssh_config)
-    (src,) = _specs(source, inv, ssh_key, ssh_config)
+    specs = targets.specs()
+    src = targets.node(source, "--from")
     results = sync_image(
         ImageRef(image), specs, src, on_start=lambda name: info(f"{name}: copying {image}")
     )
@@ -538,17 +452,15 @@ def sync_image_command(
 
 @app.command("pull")
 @handles_errors
+@node_options()
 def pull_command(
+    targets: Targets,
     image: Annotated[str, typer.Argument(help="Image to pull from its registry.")],
-    nodes: Nodes = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Pull an image on every node in parallel (needs a registry the nodes can reach)."""
     from fgl.images import ImageRef, pull_image
 
-    specs = _specs(nodes, _inventory(inventory), ssh_key, ssh_config, default_local=True)
+    specs = targets.specs(default_local=True)
     results = pull_image(ImageRef(image), specs)
     table(
         ("node", "action", "image id", "seconds"),
@@ -608,22 +520,20 @@ def build_command(
 
 @app.command("doctor")
 @handles_errors
+@node_options()
 def doctor_command(
-    nodes: Nodes = None,
+    targets: Targets,
     image: Image = None,
     port: Annotated[
         int | None, typer.Option("--port", help="Rendezvous port to check on node 0.")
     ] = None,
     gpus: Gpus = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
     """Check every node: SSH, engine, GPU runtime, image id, route to node 0, port, shm, clock."""
     from fgl.doctor import COLUMNS, doctor
 
-    inv = _inventory(inventory)
-    specs = _specs(nodes, inv, ssh_key, ssh_config)
+    inv = targets.inventory
+    specs = targets.specs()
     chosen = image or (inv.image if inv else None)
     if not chosen:
         raise FglError("no image: pass --image NAME:TAG or set 'image:' in fgl.yaml")
@@ -638,17 +548,27 @@ def doctor_command(
     raise typer.Exit(1 if blocking else 0)
 
 
-@app.command("serve", context_settings=ARGS_AFTER_DASHDASH)
+@app.command("serve")
 @handles_errors
+@node_options(single=True)
 def serve_command(
-    command: Annotated[
-        list[str] | None, typer.Argument(help="Replace the serve command (after --).")
-    ] = None,
-    node: Annotated[str, typer.Option("--node", help="The node to serve on.")] = "localhost",
+    targets: Targets,
     model: Annotated[
-        str | None, typer.Option("--model", help="Model directory on that node.")
+        str,
+        typer.Argument(
+            help="Model directory (or a checkpoint of one) on this machine; copied to the node "
+            "when the node lacks it."
+        ),
+    ],
+    serve_args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="-- FLAGS...", help="More `forgather serve` flags, after --."),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="HTTP port on the node.")] = 8000,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="The model id clients use (default: the model directory's name)."),
+    ] = None,
     image: Image = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for GET /health.")
@@ -656,23 +576,24 @@ def serve_command(
     env: Env = None,
     env_file: EnvFile = None,
     gpus: Gpus = None,
-    inventory: InventoryOpt = None,
-    ssh_key: SshKey = None,
-    ssh_config: SshConfig = "~/.ssh/config",
 ) -> None:
-    """Start the image's serve mode on one node, wait for GET /health, print the URL."""
+    """Serve a model on one node: copy it there if needed, start the image's `forgather serve`,
+    wait for GET /health and print the URL (stop it with fgl down RUN)."""
     from fgl.launch import settings_from
     from fgl.serve import serve
 
-    if not model:
-        raise FglError("--model DIR is required (a model directory on the node)")
-    inv = _inventory(inventory)
-    (spec,) = _specs(node, inv, ssh_key, ssh_config)
+    spec = targets.one()
     settings = settings_from(
-        inv, image=image, env=_env(env), env_file=env_file, workspace="", gpus=gpus
+        targets.inventory, image=image, env=_env(env), env_file=env_file, workspace="", gpus=gpus
     )
     run_id, url = serve(
-        spec, settings, model, port=port, command=list(command or []) or None, timeout=timeout
+        spec,
+        settings,
+        model,
+        port=port,
+        name=served_model_name,
+        extra=list(serve_args or []),
+        timeout=timeout,
     )
     info(f"{run_id}: serving {model} on {spec.name}; stop it with fgl down {run_id}")
     print(url)

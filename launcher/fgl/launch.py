@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fgl import __version__
 from fgl.containers import ContainerSpec, container_kwargs, docker_run_line, masked
-from fgl.engine import Node, connect_all, parallel, stop_and_remove
+from fgl.engine import Node, parallel, stop_and_remove
 from fgl.engine_notes import engine_key, load_notes, refuses_memlock, remember_memlock_refusal
 from fgl.errors import FglError, PreflightError
 from fgl.inventory import Inventory, NodeSpec, read_env_file
@@ -23,21 +20,19 @@ from fgl.rendezvous import (
     NodeNet,
     RendezvousPlan,
     choose_port,
-    new_run_id,
     nproc_for,
     plan_rendezvous,
 )
+from fgl.run import Run
 from fgl.runs import (
     EXIT_SIGINT,
     Interrupted,
     Member,
     MemlockFallback,
-    RunDir,
     Supervisor,
     create_and_start,
     install_signal_handlers,
     signals_ignored,
-    spec_record,
 )
 
 
@@ -208,49 +203,39 @@ def _start_all(
     return [r for r in results if isinstance(r, Member)]
 
 
-def remove_everywhere(nodes: list[Node], run_id: str, grace: float = 5.0) -> list[str]:
-    """Stop and remove every container labelled with ``run_id`` on every node, in parallel."""
-    results = parallel(lambda n: n.remove_run(run_id, grace), nodes)
-    removed: list[str] = []
-    for node, r in zip(nodes, results, strict=True):
-        if isinstance(r, BaseException):
-            info(f"could not clean up on {node.name}: {r}")
-        else:
-            removed += r
-    return removed
-
-
 def _member_remove(m: Member, grace: float) -> None:
     stop_and_remove(m.container, grace)
 
 
 def supervise_run(
-    nodes: list[Node],
-    run_id: str,
-    run_dir: RunDir | None,
+    run: Run,
     kwargs_list: list[dict[str, Any]],
     memlock: MemlockFallback,
     secrets: dict[str, str],
+    record: bool = True,
     prefixed: bool = True,
 ) -> int:
     """Start every container at once, stream, wait and tear down; returns the run's exit code."""
     restore = install_signal_handlers()
+    run_dir = run.dir if record else None
     sink = LogSink(run_dir.path if run_dir else None, secrets=secrets, prefixed=prefixed)
     code, reason, failed = 1, "failed to start", None
     try:
-        members = _start_all(nodes, kwargs_list, memlock)
+        members = _start_all(run.nodes, kwargs_list, memlock)
         sup = Supervisor(members, sink, _member_remove, on_event=info if len(members) > 1 else None)
         code, failed = sup.supervise()
         reason = sup.reason
     except Interrupted as exc:
         code = EXIT_SIGINT if exc.signum == 2 else 128 + exc.signum
         reason = f"interrupted by {exc}"
-        info(f"{reason}; removed every container of {run_id}")
+        info(f"{reason}; removed every container of {run.id}")
     except KeyboardInterrupt:
         code, reason = EXIT_SIGINT, "interrupted by SIGINT"
     finally:
         with signals_ignored():
-            remove_everywhere(nodes, run_id, grace=1.0)
+            for node, result in run.remove(grace=1.0):
+                if isinstance(result, BaseException):
+                    info(f"could not clean up on {node.name}: {result}")
             sink.close()
             if run_dir:
                 run_dir.write_result(code, reason, failed)
@@ -279,24 +264,23 @@ def up(
     """Pre-flight every node, plan the rendezvous, start ``torchrun … --no-python CMD`` everywhere, wait."""
     if not command:
         raise FglError("no command: write it after --, e.g. fgl up --nodes a,b -- forgather train")
-    run_id = run_id or new_run_id()
-    nodes = connect_all(specs)
-    try:
+    with Run.new("up", specs, run_id) as run:
+        nodes = run.connect().nodes
         pf = gather(
             nodes,
             settings.image,
             gpus_flag=settings.gpus_flag,
             gpus_default=settings.gpus_default,
             port=settings.port,
-            run_id=run_id,
+            run_id=run.id,
         )
         preflight_problems(pf)
-        plan = make_plan(nodes, pf, settings, run_id)
+        plan = make_plan(nodes, pf, settings, run.id)
         kwargs_list = [
             container_kwargs(
                 container_spec(
                     settings,
-                    run_id,
+                    run.id,
                     p.rank,
                     p.name,
                     plan.nnodes,
@@ -311,59 +295,38 @@ def up(
         if dry_run:
             print_plan(plan, kwargs_list, settings)
             return 0
-        run_dir = RunDir(run_id).create()
-        run_dir.write_record(
-            {
-                "run_id": run_id,
-                "kind": "up",
-                "fgl_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "launcher": socket.gethostname(),
-                "fgl_pid": os.getpid(),
-                "image": settings.image,
-                "image_id": pf.image_id,
-                "command": command,
-                "endpoint": plan.endpoint,
-                "mode": plan.mode,
-                "env": masked(settings.env),
-                "nodes": [
-                    {
-                        "rank": p.rank,
-                        "spec": spec_record(n.spec),
-                        "address": p.address,
-                        "interface": p.interface,
-                        "torchrun": list(p.torchrun_args),
-                    }
-                    for p, n in zip(plan.nodes, nodes, strict=True)
-                ],
-            }
+        run.record(
+            image=settings.image,
+            image_id=pf.image_id,
+            command=command,
+            endpoint=plan.endpoint,
+            mode=plan.mode,
+            env=masked(settings.env),
+            nodes=[
+                {"address": p.address, "interface": p.interface, "torchrun": list(p.torchrun_args)}
+                for p in plan.nodes
+            ],
         )
         info(
-            f"run {run_id}: {plan.nnodes} node(s), endpoint {plan.endpoint}, image {settings.image}; "
-            f"logs in {run_dir.path}"
+            f"run {run.id}: {plan.nnodes} node(s), endpoint {plan.endpoint}, image {settings.image}; "
+            f"logs in {run.dir.path}"
         )
         code = supervise_run(
-            nodes,
-            run_id,
-            run_dir,
+            run,
             kwargs_list,
             memlock_fallback(settings, {f.name: f.engine_key for f in pf.facts}),
             settings.env,
         )
-        info(f"run {run_id} exited {code}")
+        info(f"run {run.id} exited {code}")
         return code
-    finally:
-        for n in nodes:
-            n.close()
 
 
 def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:
     """``fgl run``: one container on one node, output streamed, exit code returned, container removed."""
     if not command:
         raise FglError("no command: write it after --, e.g. fgl run -- python -c 'print(1)'")
-    run_id = new_run_id()
-    (node,) = connect_all([spec])
-    try:
+    with Run.new("run", [spec]) as run:
+        (node,) = run.connect().nodes
         if node.image_id(settings.image) is None:
             raise PreflightError(
                 f"image {settings.image} is missing on {node.name}; build, pull or sync it first "
@@ -374,17 +337,14 @@ def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:
         if gpus == "auto":
             gpus = "all" if node.has_gpu_runtime(engine) else "0"
         kwargs = container_kwargs(
-            container_spec(settings, run_id, 0, node.name, 1, command, gpus, role="run")
+            container_spec(settings, run.id, 0, node.name, 1, command, gpus, role="run")
         )
-        info(f"{run_id}: {shlex.join(command)} on {node.name}")
+        info(f"{run.id}: {shlex.join(command)} on {node.name}")
         return supervise_run(
-            [node],
-            run_id,
-            None,
+            run,
             [kwargs],
             memlock_fallback(settings, {node.name: engine_key(engine)}),
             settings.env,
+            record=False,
             prefixed=False,
         )
-    finally:
-        node.close()

@@ -1,4 +1,8 @@
-"""``fgl serve``: start the runtime image in serve mode on one node and wait until ``GET /health`` answers."""
+"""``fgl serve``: a model on one node, served by the image's ``forgather serve``, waited for on /health.
+
+The local engine bind-mounts the model directory read-only; any other node gets a copy in a Docker
+volume keyed by the model's digest (see :mod:`fgl.models`), made only when the node lacks it.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,19 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
-from pathlib import Path
 
-from fgl import __version__
 from fgl.containers import ContainerSpec, container_kwargs
-from fgl.engine import Node, stop_and_remove
+from fgl.engine import stop_and_remove
 from fgl.errors import FglError, PreflightError
 from fgl.inventory import NodeSpec
 from fgl.launch import Settings
+from fgl.models import MOUNT, ensure_model, model_source
+from fgl.output import info
 from fgl.preflight import resolve_ipv4
-from fgl.rendezvous import new_run_id
-from fgl.runs import MemlockFallback, RunDir, create_and_start, spec_record
+from fgl.run import Run
+from fgl.runs import MemlockFallback, create_and_start
 
 HEALTH_TIMEOUT = 300.0
-
-
-def serve_command(model: str, port: int) -> list[str]:
-    """The container command of the image's serve mode."""
-    return ["serve", "--model", model, "--host", "0.0.0.0", "--port", str(port)]
 
 
 def node_http_address(spec: NodeSpec) -> str:
@@ -46,77 +44,84 @@ def health_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def port_answers(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
+
+
 def serve(
     spec: NodeSpec,
     settings: Settings,
     model: str,
     port: int = 8000,
-    command: list[str] | None = None,
+    name: str | None = None,
+    extra: list[str] | None = None,
     timeout: float = HEALTH_TIMEOUT,
 ) -> tuple[str, str]:
     """Start the server container (detached) and wait for health; returns (run id, base URL)."""
-    model_dir = str(Path(model).expanduser().resolve()) if spec.local else model
-    run_id = new_run_id()
-    node = Node(spec)
-    try:
+    source = model_source(model)
+    with Run.new("serve", [spec]) as run:
+        (node,) = run.connect().nodes
         if node.image_id(settings.image) is None:
             raise PreflightError(
-                f"image {settings.image} is missing on {node.name}; fgl sync-image {settings.image} --nodes {node.name}"
+                f"image {settings.image} is missing on {node.name}; "
+                f"fgl sync-image {settings.image} --nodes {node.name}"
             )
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         host = node_http_address(spec)
-        try:
-            probe.settimeout(1.0)
-            if probe.connect_ex((host, port)) == 0:
-                raise PreflightError(
-                    f"port {port} on {node.name} already answers; pass another --port"
-                )
-        finally:
-            probe.close()
+        if port_answers(host, port):
+            raise PreflightError(f"port {port} on {node.name} already answers; pass another --port")
+        if spec.local:
+            mount = f"{source.root}:{MOUNT}:ro"
+        else:
+            info(
+                f"{node.name}: checking for {source.name} ({source.size / 2**20:.1f} MiB, digest {source.digest[:12]})"
+            )
+            action = ensure_model(node, source, settings.image)
+            info(f"{node.name}: {source.name} {action} (volume {source.volume})")
+            mount = f"{source.volume}:{MOUNT}:ro"
         gpus = settings.gpus_flag or spec.gpus or settings.gpus_default or "auto"
         if gpus == "auto":
             gpus = "all" if node.has_gpu_runtime() else "0"
-        cspec = ContainerSpec(
-            image=settings.image,
-            command=command or serve_command(model_dir, port),
-            name=f"{run_id}-serve",
-            run_id=run_id,
-            role="serve",
-            node=node.name,
-            env={"FGL_SERVE_PORT": str(port), "FGL_SERVE_MODEL": model_dir, **settings.env},
-            workspace=settings.workspace,
-            working_dir=settings.working_dir,
-            mounts=[*settings.mounts, f"{model_dir}:{model_dir}:ro"],
-            gpus=gpus,
-            shm_size=settings.shm_size,
-            memlock=settings.memlock != "off",
-            uid=os.getuid(),
-            gid=os.getgid(),
+        command = [
+            "serve", source.path_in(MOUNT), "--host", "0.0.0.0", "--port", str(port),
+            "--served-model-name", name or source.name, *(extra or []),
+        ]  # fmt: skip
+        kwargs = container_kwargs(
+            ContainerSpec(
+                image=settings.image,
+                command=command,
+                name=f"{run.id}-serve",
+                run_id=run.id,
+                role="serve",
+                node=node.name,
+                env=dict(settings.env),
+                workspace=settings.workspace,
+                working_dir=settings.working_dir,
+                mounts=[*settings.mounts, mount],
+                gpus=gpus,
+                shm_size=settings.shm_size,
+                memlock=settings.memlock != "off",
+                uid=os.getuid(),
+                gid=os.getgid(),
+            )
         )
-        kwargs = container_kwargs(cspec)
-        run_dir = RunDir(run_id).create()
-        run_dir.write_record(
-            {
-                "run_id": run_id,
-                "kind": "serve",
-                "fgl_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "image": settings.image,
-                "command": kwargs["command"],
-                "nodes": [
-                    {"rank": 0, "spec": spec_record(spec), "address": host, "interface": None}
-                ],
-                "url": f"http://{host}:{port}",
-            }
+        url = f"http://{host}:{port}"
+        run.record(
+            image=settings.image,
+            command=kwargs["command"],
+            model=str(source.root if source.checkpoint is None else source.checkpoint),
+            model_digest=source.digest,
+            url=url,
+            nodes=[{"address": host, "interface": None}],
         )
         container = MemlockFallback(settings.memlock).start(
             node.name, kwargs, lambda kw: create_and_start(node.client, kw)
         )
-        url = f"http://{host}:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if health_ok(f"{url}/health"):
-                return run_id, url
+                return run.id, url
             container.reload()
             if container.status in ("exited", "dead"):
                 tail = (
@@ -130,5 +135,3 @@ def serve(
             time.sleep(0.5)
         stop_and_remove(container, 2)
         raise FglError(f"{url}/health did not answer within {timeout:g} s; the server was removed")
-    finally:
-        node.close()

@@ -96,3 +96,42 @@ def test_compose_train_runs_tiny_llama_on_cpu(runtime_image, trained, tmp_path, 
     checkpoint = workspace / "output_models" / "tiny" / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "manifest.json").is_file()
     assert checkpoint.stat().st_uid == 1234
+
+
+def test_compose_serve_answers_openai_clients(runtime_image, trained):
+    import openai
+
+    from .conftest import free_port, http_json, wait_for
+
+    model, _, _ = trained
+    port = free_port()
+    env = {
+        "FORGATHER_IMAGE": runtime_image,
+        "FORGATHER_MODEL_DIR": str(model),
+        "FORGATHER_SERVE_HOST_PORT": str(port),
+        "FORGATHER_SERVED_MODEL_NAME": "tiny",
+        "PUID": "1234",
+        "PGID": "1234",
+    }
+    files = ["-f", str(REPO / "compose" / "serve.yaml")]
+    project = ["-p", f"fgtest{uuid.uuid4().hex[:8]}"]
+    try:
+        up = compose(*files, *project, "up", "-d", env=env, timeout=300)
+        assert up.returncode == 0, up.stderr[-3000:]
+
+        def healthy() -> bool:
+            try:
+                return http_json(f"http://127.0.0.1:{port}/health")[0] == 200
+            except OSError:
+                return False
+
+        assert wait_for(healthy, timeout=120), compose(*files, *project, "logs", env=env).stdout[
+            -3000:
+        ]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        reply = client.completions.create(model="tiny", prompt="Mr. Bingley", max_tokens=5)
+        assert reply.usage.completion_tokens == 5
+    finally:
+        down = compose(*files, *project, "down", "--remove-orphans", env=env)
+    assert down.returncode == 0, down.stderr

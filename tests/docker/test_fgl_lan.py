@@ -354,3 +354,41 @@ def test_killing_one_nodes_container_removes_the_run_everywhere_within_10s(
                 proc.kill()
         for run in runs.glob("fgl-*"):
             fgl(env, "down", run.name, timeout=120)
+
+
+# ---------------------------------------------------------------- serving on a node
+
+
+def test_serve_copies_the_model_to_a_node_once_and_answers_openai_clients(
+    lan, synced, env, runtime_image, trained
+):
+    import openai
+
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    model, _, _ = trained
+    node = lan.nodes[1]
+    key = ("--node", node.spec, "--ssh-key", str(lan.client_key), "--image", runtime_image)
+    first = fgl(env, "serve", str(model), *key, "--port", "18401", "--timeout", "180", timeout=400)
+    assert first.returncode == 0, first.stderr
+    assert "copied" in first.stderr, first.stderr
+    url = first.stdout.strip()
+    assert url == f"http://{node.address}:18401"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+    reply = client.completions.create(model=model.name, prompt="Mr. Knightley", max_tokens=5)
+    assert reply.usage.completion_tokens == 5
+    runs = [the_run(env).name]
+
+    # The same model again (another port): found by its digest, nothing copied.
+    second = fgl(env, "serve", str(model), *key, "--port", "18402", "--timeout", "180", timeout=400)
+    assert second.returncode == 0, second.stderr
+    assert "present" in second.stderr and "copied" not in second.stderr, second.stderr
+    runs.append(max(Path(env["FGL_RUNS_DIR"]).iterdir()).name)
+    assert len(set(runs)) == 2
+    volumes = node.docker("volume", "ls", "-q", "--filter", "label=fgl.model-digest").stdout.split()
+    assert len(volumes) == 1
+
+    for run in runs:
+        assert fgl(env, "down", run, timeout=120).returncode == 0
+    assert containers_everywhere(lan) == []
+    helpers = node.docker("ps", "-a", "-q", "--filter", "label=fgl.role=model-copy").stdout.split()
+    assert helpers == []

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -384,36 +383,47 @@ def test_pull_without_a_registry_says_so(docker_client, env):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-HEALTH_SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == '/health' else 404); self.end_headers(); self.wfile.write(b'ok')
-http.server.HTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
-"""
+def test_serve_answers_openai_clients_and_down_removes_it(
+    docker_client, runtime_image, trained, env
+):
+    import openai
 
-
-def test_serve_waits_for_health_and_down_removes_it(docker_client, image, env, tmp_path):
+    model, _, _ = trained
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    model = tmp_path / "model"
-    model.mkdir()
     result = fgl(
-        env, "serve", "--model", str(model), "--port", str(port), "--image", image, "--timeout", "60",
-        "--", "python3", "-c", HEALTH_SERVER, str(port),
+        env, "serve", str(model), "--port", str(port), "--image", runtime_image, "--timeout", "120",
+        "--", "--max-batch-size", "4",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     url = result.stdout.strip()
     assert url == f"http://127.0.0.1:{port}"
-    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-        assert resp.status == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [model.name]
+    assert (
+        client.completions.create(
+            model=model.name, prompt="Emma", max_tokens=4
+        ).usage.completion_tokens
+        == 4
+    )
     run = the_run(env).name
     (container,) = run_containers(docker_client, run)
     assert container.labels["fgl.role"] == "serve"
+    assert "--max-batch-size" in container.attrs["Config"]["Cmd"]
+    status = fgl(env, "status", run)
+    assert f"{url}" in status.stdout and "serve" in status.stdout
     assert fgl(env, "down", run).returncode == 0
     assert run_containers(docker_client, run) == []
+
+
+def test_serve_of_a_directory_without_a_model_is_one_line(env, runtime_image, tmp_path):
+    result = fgl(env, "serve", str(tmp_path), "--image", runtime_image)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path} holds neither a model (config.json) nor a checkpoint (manifest.json)"
+    ]
 
 
 # ---------------------------------------------------------------- the same engine over SSH
