@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -58,12 +57,12 @@ def build_model(directory: Path, shape: str, max_len: int) -> None:
     from platformdirs import user_cache_dir
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from forgather.ml.data.corpus import EMBEDDED_CORPUS_DIR
+    from forgather.ml.data.corpus import embedded_texts
     from forgather.ml.data.tokenizer import load_or_train_tokenizer
 
     tokenizer = load_or_train_tokenizer(
         {"name": "austen_bpe", "vocab_size": 4096, "model_max_length": max_len},
-        str(EMBEDDED_CORPUS_DIR),
+        embedded_texts("train"),
         Path(user_cache_dir("forgather")) / "tokenizers",
     )
     dims = SHAPES[shape]
@@ -88,10 +87,10 @@ def make_prompts(model_dir: Path, count: int, tokens: int) -> list[str]:
     """``count`` passages of the validation text, each about ``tokens`` tokens long."""
     from transformers import AutoTokenizer
 
-    from forgather.ml.data.corpus import load_embedded_corpus
+    from forgather.ml.data.corpus import embedded_texts
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    text = " ".join(load_embedded_corpus("validation")["text"])
+    text = " ".join(embedded_texts("validation"))
     ids = tokenizer(text, verbose=False)["input_ids"]
     stride = max(tokens, (len(ids) - tokens) // count)
     return [tokenizer.decode(ids[i * stride : i * stride + tokens]) for i in range(count)]
@@ -195,14 +194,15 @@ async def run_set(
 class Generator:
     """In-process ``model.generate()`` at batch 1 (greedy), the single-stream reference."""
 
-    def __init__(self, model_dir: Path, device: str):
+    def __init__(self, model_dir: Path, device: str, dtype: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device).eval()
 
     def tokens_per_s(self, prompts: list[str], max_tokens: int) -> float:
         options = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
@@ -219,37 +219,23 @@ class Generator:
         return tokens / (time.perf_counter() - start)
 
 
-def server_argv(name: str, model_dir: Path, port: int, device: str, batch: int) -> list[str]:
+def server_argv(
+    name: str, model_dir: Path, port: int, device: str, batch: int, dtype: str
+) -> list[str]:
     if name == "forgather":
-        forgather = shutil.which("forgather") or "forgather"
         return [
-            forgather,
-            "serve",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--device",
-            device,
-            "--served-model-name",
-            "bench",
-            "--max-batch-size",
-            str(batch),
-        ]
-    transformers = shutil.which("transformers") or "transformers"
-    return [
-        transformers,
-        "serve",
-        str(model_dir),
-        "--continuous-batching",
-        "--device",
-        device,
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warning",
-    ]
+            sys.executable, "-m", "forgather.cli.main", "serve", str(model_dir), "--port", str(port),
+            "--device", device, "--dtype", dtype, "--served-model-name", "bench",
+            "--max-batch-size", str(batch),
+        ]  # fmt: skip
+    argv = [
+        sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
+        "--continuous-batching", "--device", device, "--dtype", dtype, "--port", str(port),
+        "--host", "127.0.0.1", "--log-level", "warning",
+    ]  # fmt: skip
+    if device.startswith("cuda"):  # leave GPU memory to the other server and generate()
+        argv += ["--cb-max-memory-percent", "0.3"]
+    return argv
 
 
 def main() -> int:
@@ -259,6 +245,7 @@ def main() -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--model-dir", type=Path, help="Use this plain Llama directory instead.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 (both servers).")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=90)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -287,21 +274,26 @@ def main() -> int:
     # only figures taken side by side compare, and medians over the rounds are reported.
     names = args.servers.split(",")
     models = {name: ("bench" if name == "forgather" else str(model_dir)) for name in names}
-    generator = Generator(model_dir, args.device)
+    generator = Generator(model_dir, args.device, args.dtype)
     rows: dict[str, dict[int, list[dict]]] = {
         name: {level: [] for level in levels} for name in names
     }
     generate_rates: list[float] = []
     with contextlib.ExitStack() as stack:
         servers = {}
-        for name in names:
+        for name in list(names):
             port = free_port()
-            argv = server_argv(name, model_dir, port, args.device, max(levels))
+            argv = server_argv(name, model_dir, port, args.device, max(levels), args.dtype)
             print(f"{name}: {' '.join(argv)}", flush=True)
-            servers[name] = stack.enter_context(
-                ServerProcess(name, argv, port, logs / f"{name}.log")
-            )
-            asyncio.run(run_set(servers[name].url, models[name], prompts[:4], args.max_tokens, 2))
+            try:
+                server = stack.enter_context(ServerProcess(name, argv, port, logs / f"{name}.log"))
+                asyncio.run(run_set(server.url, models[name], prompts[:4], args.max_tokens, 2))
+            except Exception as error:  # report the others rather than nothing
+                log = (logs / f"{name}.log").read_text(errors="replace")[-1500:]
+                print(f"{name} left out: {error}\n{log}", flush=True)
+                names.remove(name)
+                continue
+            servers[name] = server
         for round_index in range(args.rounds):
             order = names if round_index % 2 == 0 else names[::-1]
             for level in levels:

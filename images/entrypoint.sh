@@ -107,6 +107,15 @@ dev_editable() {
     rm -f "$stamp"
 }
 
+# Serve mode is unhealthy until the server records where it listens (it replaces this file).
+mark_serve_starting() {
+    local state=${FORGATHER_SERVE_STATE_FILE:-/tmp/forgather-serve.json}
+    printf '{"starting": true}\n' >"$state" || return 0
+    if [ -n "${TARGET_UID:-}" ]; then
+        chown "$TARGET_UID:$TARGET_GID" "$state" || true
+    fi
+}
+
 gpu_summary
 
 AS_USER=()
@@ -125,7 +134,7 @@ fi
 case "$1" in
     forgather) ;;
     fgl-train) shift; set -- forgather train "$@" ;;
-    serve) shift; set -- forgather serve "$@" ;;
+    serve) shift; set -- forgather serve "$@"; mark_serve_starting ;;
     -*) set -- forgather "$@" ;;
     *) if is_subcommand "$1"; then set -- forgather "$@"; fi ;;
 esac

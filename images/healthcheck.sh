@@ -1,12 +1,16 @@
 #!/bin/sh
-# HEALTHCHECK of the forgather images: in serve mode (`forgather serve` wrote the state file named by
-# FORGATHER_SERVE_STATE_FILE, default /tmp/forgather-serve.json), GET /health on the server's port must
-# answer 200; any other mode is healthy while it runs. Uses Python's urllib (no curl in the images).
+# HEALTHCHECK of the forgather images. In serve mode the entrypoint writes {"starting": true} to the
+# state file (FORGATHER_SERVE_STATE_FILE, default /tmp/forgather-serve.json): unhealthy until
+# `forgather serve` replaces it with where it listens; then GET /health there must answer 200. Any
+# other mode (no state file) is healthy while it runs. Uses Python's urllib (no curl in the images).
 state=${FORGATHER_SERVE_STATE_FILE:-/tmp/forgather-serve.json}
 [ -f "$state" ] || exit 0
 exec python3 - "$state" <<'PY'
 import json, ssl, sys, urllib.request
 state = json.load(open(sys.argv[1]))
+if "port" not in state:
+    print("starting: the server has not started listening yet")
+    sys.exit(1)
 host = state.get("host") or "127.0.0.1"
 if host in ("0.0.0.0", "::", ""):
     host = "127.0.0.1"

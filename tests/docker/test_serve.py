@@ -56,8 +56,10 @@ def test_the_runtime_image_serves_the_trained_model(runtime_image, trained, cont
     assert state["Log"][-1]["ExitCode"] == 0
 
     # The server runs as the remapped user, and `docker stop` (SIGTERM) ends it cleanly.
-    top = docker("top", container, "-o", "uid,args").stdout
-    assert any(line.split()[0] == "1234" and "serve" in line for line in top.splitlines()[1:]), top
+    top = docker("top", container, "-o", "pid,uid,args").stdout
+    assert any(
+        line.split()[1] == "1234" and "bin/forgather" in line for line in top.splitlines()[1:]
+    ), top
     docker("stop", container, timeout=60)
     assert docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip() == "0"
     assert "stopped" in docker("logs", container).stderr

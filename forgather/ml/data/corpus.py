@@ -225,6 +225,18 @@ def load_text_dataset(
     return data
 
 
+def embedded_texts(split: str) -> list[str]:
+    """The embedded corpus's documents of one split as plain strings (no `datasets` needed)."""
+    import gzip
+    import json
+
+    path = EMBEDDED_CORPUS_DIR / f"{split}.jsonl.gz"
+    if not path.is_file():
+        raise DatasetError(f"the embedded corpus has no split {split!r} ({path})")
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        return [json.loads(line)["text"] for line in lines if line.strip()]
+
+
 def load_embedded_corpus(split: str | None = None, **kwargs: Any) -> Any:
     """The embedded corpus (`EMBEDDED_CORPUS_DIR`) through `load_text_dataset`."""
     return load_text_dataset(EMBEDDED_CORPUS_DIR, split, **kwargs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from forgather.ml.data.corpus import load_embedded_corpus
+from forgather.ml.data.corpus import embedded_texts
 from forgather.ml.data.tokenizer import train_tokenizer
 from forgather.serve.engine import Delta, Engine, Request
 from forgather.serve.sampling import SamplingParams
@@ -25,7 +25,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    texts = load_embedded_corpus("validation")["text"][:4]
+    texts = embedded_texts("validation")[:4]
     return train_tokenizer(texts, vocab_size=VOCAB, model_max_length=512)
 
 
@@ -150,9 +150,10 @@ def make_engine(tokenizer):
 def reference(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy tokens from Hugging Face ``generate()`` for one prompt alone (no EOS stop)."""
     with torch.no_grad():
+        device = next(model.parameters()).device
         out = model.generate(
-            torch.tensor([prompt_ids]),
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            torch.tensor([prompt_ids], device=device),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens,
             do_sample=False,
