@@ -65,6 +65,12 @@ def serve(
             help="Prompt tokens processed per step; running streams wait at most one chunk for a new prompt.",
         ),
     ] = 512,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            help="On a GPU, replay decode steps as CUDA graphs (one launch per step).",
+        ),
+    ] = True,
     chat_template: Annotated[
         str | None,
         typer.Option(
@@ -106,6 +112,7 @@ def serve(
             max_batch_size=max_batch_size,
             max_model_len=max_model_len,
             prefill_chunk=prefill_chunk,
+            cuda_graphs=cuda_graphs,
             chat_template=chat_template,
             api_keys=read_api_keys(api_key, api_key_file),
             tls_cert=tls_cert,

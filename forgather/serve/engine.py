@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from forgather.serve.cuda_graphs import DecodeGraphs
 from forgather.serve.kv_cache import CacheView, SlotKVCache
 from forgather.serve.sampling import (
     RowInput,
@@ -173,6 +174,7 @@ class Engine:
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         eos_ids: set[int] | None = None,
         on_step: Callable[[list[tuple[Request, list[Delta]]]], None] | None = None,
+        cuda_graphs: bool = True,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -196,6 +198,9 @@ class Engine:
         self.on_step = on_step
         self.cache = SlotKVCache(max_batch_size, max_model_len, self.device, self.dtype)
         self._positions = torch.arange(max_model_len + 1, device=self.device)
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graphs and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(self._forward, self.cache, self._positions)
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         )
@@ -404,35 +409,60 @@ class Engine:
                 request.deliver(deltas)
 
     def _prefill_step(self, outputs: dict[int, tuple[Request, list[Delta]]]) -> None:
+        """Up to ``prefill_chunk`` prompt tokens, of as many waiting prompts as fit, in one forward."""
         budget = self.prefill_chunk
-        while self._prefilling and budget > 0:
-            group = self._prefilling[0]
+        chunks: list[tuple[list[Sequence], int, int]] = []  # (group, start, length)
+        for group in self._prefilling:
             parent = group[0]
-            prompt_len = len(parent.request.prompt_ids)
-            length = min(prompt_len - parent.cursor, budget)
-            start = parent.cursor
-            positions = torch.arange(start, start + length, device=self.device)
-            keys = torch.arange(start + length, device=self.device)
-            mask = (keys[None, :] <= positions[:, None])[None, None]
-            ids = torch.tensor(
-                [parent.request.prompt_ids[start : start + length]], device=self.device
-            )
-            logits = self._forward(
-                ids,
-                positions[None],
-                mask,
-                self.cache.prefill_view(parent.slot, start, length),
-                logits_to_keep=1,
-            )
-            parent.cursor += length
+            length = min(len(parent.request.prompt_ids) - parent.cursor, budget)
+            chunks.append((group, parent.cursor, length))
             budget -= length
+            if budget == 0:
+                break
+        if not chunks:
+            return
+        logits = self._prefill_forward(chunks)
+        for row, (group, _, length) in enumerate(chunks):
+            parent = group[0]
+            parent.cursor += length
+            prompt_len = len(parent.request.prompt_ids)
             if parent.cursor < prompt_len:
-                break  # the rest of this prompt waits for the next step
-            self._prefilling.popleft()
+                continue  # the rest of this prompt waits for the next step
+            self._prefilling.remove(group)
             self.cache.copy_prefix(parent.slot, [s.slot for s in group[1:]], prompt_len)
             for seq in group:
                 self._running[seq.slot] = seq
-            self._accept(group, logits.expand(len(group), -1), outputs)
+            self._accept(group, logits[row : row + 1].expand(len(group), -1), outputs)
+
+    def _prefill_forward(self, chunks: list[tuple[list[Sequence], int, int]]) -> torch.Tensor:
+        """Logits after the last token of each chunk (rows in the order of ``chunks``).
+
+        Several chunks are left-padded to the longest, so every row's last token is the last
+        position: padding writes to the trash column and attends key 0 only.
+        """
+        if len(chunks) == 1:
+            (group, start, length), parent = chunks[0], chunks[0][0][0]
+            positions = self._positions[start : start + length]
+            mask = (self._positions[None, : start + length] <= positions[:, None])[None, None]
+            ids = torch.tensor(
+                [parent.request.prompt_ids[start : start + length]], device=self.device
+            )
+            view = self.cache.prefill_view(parent.slot, start, length)
+            return self._forward(ids, positions[None], mask, view, logits_to_keep=1)
+        width = max(length for _, _, length in chunks)
+        ids, positions, writes, slots = [], [], [], []
+        for group, start, length in chunks:
+            parent, pad = group[0], width - length
+            ids.append([0] * pad + parent.request.prompt_ids[start : start + length])
+            span = list(range(start, start + length))
+            positions.append([0] * pad + span)
+            writes.append([self.cache.trash] * pad + span)
+            slots.append(parent.slot)
+        kv_len = max(start + length for _, start, length in chunks)
+        table = torch.tensor([ids, positions, writes], dtype=torch.long, device=self.device)
+        mask = (self._positions[None, None, :kv_len] <= table[1][:, :, None])[:, None]
+        view = self.cache.batch_view(torch.tensor(slots, device=self.device), table[2], kv_len)
+        return self._forward(table[0], table[1], mask, view, logits_to_keep=1)
 
     def _decode_step(self, outputs: dict[int, tuple[Request, list[Delta]]]) -> None:
         # Inputs of every slot up to the highest running one, built with as few torch ops as
@@ -447,18 +477,31 @@ class Engine:
             table[0][seq.slot] = seq.tokens[-1]
             table[1][seq.slot] = table[2][seq.slot] = where
             kv_len = max(kv_len, where + 1)
-        inputs = torch.tensor(table, dtype=torch.long, device=self.device)
-        position_ids = inputs[1, :, None]
-        mask = (self._positions[None, :kv_len] <= position_ids)[:, None, None, :]
-        logits = self._forward(
-            inputs[0, :, None],
-            position_ids,
-            mask,
-            self.cache.decode_view(rows, inputs[2], kv_len),
-        )
+        logits = self._graph_step(table, kv_len)
+        if logits is None:
+            inputs = torch.tensor(table, dtype=torch.long, device=self.device)
+            position_ids = inputs[1, :, None]
+            mask = (self._positions[None, :kv_len] <= position_ids)[:, None, None, :]
+            logits = self._forward(
+                inputs[0, :, None],
+                position_ids,
+                mask,
+                self.cache.decode_view(rows, inputs[2], kv_len),
+            )
         if len(seqs) < rows or any(seq.slot != i for i, seq in enumerate(seqs)):
             logits = logits[[seq.slot for seq in seqs]]
         self._accept(seqs, logits, outputs)
+
+    def _graph_step(self, table: list[list[int]], kv_len: int) -> torch.Tensor | None:
+        """The decode step's logits from a CUDA graph, or None to run it eagerly."""
+        if self.graphs is None:
+            return None
+        try:
+            return self.graphs.run(table, kv_len)
+        except Exception as error:  # e.g. a model that synchronises with the CPU in forward()
+            log.warning("CUDA graphs are off for this model (%s); decoding eagerly", error)
+            self.graphs = None
+            return None
 
     def _accept(
         self,

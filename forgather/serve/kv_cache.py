@@ -57,52 +57,72 @@ class SlotKVCache:
 
     def prefill_view(self, slot: int, start: int, length: int) -> CacheView:
         """A view for ``length`` new tokens of one sequence, at positions ``start …``."""
-        return CacheView(self, slice(slot, slot + 1), None, (start, start + length), start + length)
+        return CacheView(
+            self, "span", slice(slot, slot + 1), (start, start + length), start + length
+        )
+
+    def batch_view(self, slots: torch.Tensor, positions: torch.Tensor, kv_len: int) -> CacheView:
+        """A view for new tokens of several sequences: ``positions`` (rows, new) says where each
+        is written in its slot of ``slots`` (rows,) (padding: the trash column); the keys read are
+        gathered from those slots."""
+        return CacheView(self, "batch", slots, positions, kv_len)
 
     def decode_view(self, rows: int, positions: torch.Tensor, kv_len: int) -> CacheView:
         """A view for one new token in each of slots ``0 … rows-1``, written at ``positions``."""
-        return CacheView(self, slice(0, rows), positions, None, kv_len)
+        return CacheView(self, "decode", self.row_index[:rows], positions, kv_len)
 
 
 class CacheView:
-    """The cache as one forward pass sees it (duck-types ``transformers.Cache`` where models use it)."""
+    """The cache as one forward pass sees it (duck-types ``transformers.Cache`` where models use it).
+
+    ``kind`` is ``span`` (one sequence, consecutive positions: plain slicing), ``decode`` (one token
+    in each of the first rows' slots, read as a view) or ``batch`` (several sequences' new tokens,
+    read by gathering their slots).
+    """
 
     is_compileable = False
 
     def __init__(
         self,
         store: SlotKVCache,
-        rows: slice,
-        positions: torch.Tensor | None,
-        span: tuple[int, int] | None,
+        kind: str,
+        rows: slice | torch.Tensor,
+        where: tuple[int, int] | torch.Tensor,
         kv_len: int,
     ):
         self.store = store
+        self.kind = kind
         self.rows = rows
-        self.positions = positions
-        self.span = span
+        self.where = where
         self.kv_len = kv_len
-        self._row_index = store.row_index[rows] if positions is not None else None
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values (batch, kv_heads, new, head_dim); return the batch's keys/values."""
         keys, values = self.store.buffers(layer_idx, key)
-        if self.span is not None:
-            start, stop = self.span
+        if self.kind == "span":
+            start, stop = self.where
             keys[self.rows, :, start:stop] = key
             values[self.rows, :, start:stop] = value
-        else:
-            keys[self._row_index, :, self.positions] = key[:, :, 0]
-            values[self._row_index, :, self.positions] = value[:, :, 0]
+            return keys[self.rows, :, : self.kv_len], values[self.rows, :, : self.kv_len]
+        if self.kind == "decode":
+            keys[self.rows, :, self.where] = key[:, :, 0]
+            values[self.rows, :, self.where] = value[:, :, 0]
+            count = self.rows.shape[0]
+            return keys[:count, :, : self.kv_len], values[:count, :, : self.kv_len]
+        slots = self.rows[:, None].expand_as(self.where)
+        keys[slots, :, self.where] = key.transpose(1, 2)
+        values[slots, :, self.where] = value.transpose(1, 2)
         return keys[self.rows, :, : self.kv_len], values[self.rows, :, : self.kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Keys before the new tokens (forgather's model sizes its mask from it)."""
-        if self.span is not None:
-            return self.span[0]
-        return self.kv_len - 1
+        if self.kind == "span":
+            return self.where[0]
+        if self.kind == "decode":
+            return self.kv_len - 1
+        return self.kv_len - self.where.shape[1]
 
     def __len__(self) -> int:
         return len(self.store.keys)

@@ -42,6 +42,7 @@ class ServeOptions:
     max_batch_size: int = 32
     max_model_len: int | None = None
     prefill_chunk: int = 512
+    cuda_graphs: bool = True
     chat_template: str | None = None
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -204,6 +205,7 @@ def serve(options: ServeOptions) -> None:
             max_batch_size=options.max_batch_size,
             max_model_len=options.max_model_len,
             prefill_chunk=options.prefill_chunk,
+            cuda_graphs=options.cuda_graphs,
         )
     )
     try:

@@ -46,6 +46,7 @@ class EngineConfig:
     max_batch_size: int = 32
     max_model_len: int | None = None
     prefill_chunk: int = 512
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _start_engine(config: EngineConfig) -> tuple[Any, EngineInfo]:
             max_batch_size=config.max_batch_size,
             max_model_len=config.max_model_len,
             prefill_chunk=config.prefill_chunk,
+            cuda_graphs=config.cuda_graphs,
         )
     except ValueError as error:
         raise EngineStartError(str(error)) from None

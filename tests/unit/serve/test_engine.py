@@ -156,3 +156,42 @@ def test_logprobs_are_the_models_log_softmax(model, tokenizer, make_engine):
         assert token.logprobs.logprob == pytest.approx(row[token.token_id].item(), abs=1e-4)
         top = row.topk(2)
         assert [i for i, _ in token.logprobs.top] == top.indices.tolist()
+
+
+def test_cuda_graph_shapes_are_powers_of_two_within_the_limits():
+    from forgather.serve.cuda_graphs import bucket
+
+    assert [bucket(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert bucket(3, 24) == 4 and bucket(20, 24) == 24
+    assert bucket(10, 256, minimum=64) == 64 and bucket(200, 256, minimum=64) == 256
+
+
+def test_prompts_prefill_together_left_padded_as_if_alone(model, tokenizer):
+    import torch
+
+    from forgather.serve.engine import Engine, Request
+    from forgather.serve.sampling import SamplingParams
+
+    engine = Engine(model, tokenizer, max_batch_size=4, eos_ids=set())
+    prompts = [encode(tokenizer, t) for t in PROMPTS]
+    groups = [
+        [engine._new_sequence(Request(str(i), ids, SamplingParams(max_tokens=1), print), 0, i)]
+        for i, ids in enumerate(prompts)
+    ]
+    with torch.inference_mode():
+        together = engine._prefill_forward(
+            [(g, 0, len(ids)) for g, ids in zip(groups, prompts, strict=True)]
+        )
+        alone = [
+            engine._prefill_forward([(g, 0, len(ids))])
+            for g, ids in zip(groups, prompts, strict=True)
+        ]
+        # Prefill in two chunks per prompt: the second chunk starts from the cached first half.
+        halves = [len(ids) // 2 for ids in prompts]
+        engine._prefill_forward([(g, 0, h) for g, h in zip(groups, halves, strict=True)])
+        second = engine._prefill_forward(
+            [(g, h, len(ids) - h) for g, h, ids in zip(groups, halves, prompts, strict=True)]
+        )
+    expected = torch.cat(alone)
+    assert torch.allclose(together, expected, atol=1e-5)
+    assert torch.allclose(second, expected, atol=1e-5)

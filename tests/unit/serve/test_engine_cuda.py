@@ -1,4 +1,5 @@
-"""The engine on a GPU: greedy output equals generate() alone and batched (float32)."""
+"""The engine on a GPU, eager and with CUDA-graph decode steps: greedy output equals generate()
+alone and batched (float32)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ pytestmark = [
 ]
 
 
+@pytest.mark.parametrize("graphs", [True, False], ids=["cuda-graphs", "eager"])
 @pytest.mark.parametrize("kind", sorted(MODELS))
-def test_greedy_batched_on_cuda_equals_generate(kind, tokenizer, make_engine):
+def test_greedy_batched_on_cuda_equals_generate(kind, graphs, tokenizer, make_engine):
     model = MODELS[kind]().cuda()
-    engine = make_engine(model, eos_ids=set())
+    harness = make_engine(model, eos_ids=set(), cuda_graphs=graphs)
     prompts = [tokenizer(t)["input_ids"] for t in PROMPTS]
     lengths = [24, 5, 31, 12]
     submitted = [
-        engine.submit(ids, max_tokens=n)[1] for ids, n in zip(prompts, lengths, strict=True)
+        harness.submit(ids, max_tokens=n)[1] for ids, n in zip(prompts, lengths, strict=True)
     ]
     for ids, n, collected in zip(prompts, lengths, submitted, strict=True):
-        engine.wait(collected)
-        expected = reference(model, ids, n)
-        assert collected.tokens() == expected
+        harness.wait(collected)
+        assert collected.tokens() == reference(model, ids, n)
+    if graphs:
+        assert harness.engine.graphs is not None, "capture failed: the engine fell back to eager"
+        assert harness.engine.graphs.steps  # decode steps were replayed from graphs
