@@ -4,8 +4,9 @@ A decode step's cost on a GPU is mostly Python launching kernels. The engine's d
 fixed layout (one token per slot, written into the slot cache at a given position, attending the
 cache's first keys under a mask), so a step can be captured once per shape and replayed: rows are
 padded to a power of two (up to ``--max-batch-size``) and the keys read to a power of two (at least
-64, up to ``--max-model-len``). Graphs are captured on first use of a shape and share one memory
-pool. Padding rows write to the cache's trash column and attend only key 0, exactly like the rows of
+64, up to ``--max-model-len``). Every shape is captured when the engine warms up (largest first,
+so they share one memory pool), never in the middle of serving, where a capture would stall every
+running stream. Padding rows write to the cache's trash column and attend only key 0, exactly like the rows of
 free slots in an eager step. If a model cannot be captured (it synchronises with the CPU inside its
 forward, say), the engine logs why and decodes eagerly.
 """
@@ -48,6 +49,20 @@ class DecodeGraphs:
         self.positions = positions
         self.steps: dict[tuple[int, int], CapturedStep] = {}
         self.pool = torch.cuda.graph_pool_handle()
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, keys) a decode step can take, largest first."""
+        rows = sorted({bucket(n, self.cache.slots) for n in range(1, self.cache.slots + 1)})
+        keys = sorted(
+            {bucket(n, self.cache.max_len, MIN_KEYS) for n in range(1, self.cache.max_len + 1)}
+        )
+        return sorted(((r, k) for r in rows for k in keys), reverse=True)
+
+    def capture_all(self) -> None:
+        """Capture every shape now (at start-up), so serving never pauses to capture."""
+        for shape in self.shapes():
+            if shape not in self.steps:
+                self._capture(*shape)
 
     def run(self, table: list[list[int]], kv_len: int) -> torch.Tensor:
         """Logits (len(table[0]), vocab) of a decode step with the engine's input table."""

@@ -274,7 +274,7 @@ class Engine:
             self._thread.join(timeout=30)
 
     def warmup(self) -> None:
-        """One forward through slot 0, so the cache is allocated and kernels are loaded."""
+        """One forward through slot 0 (allocates the cache, loads kernels); captures decode graphs."""
         with torch.inference_mode():
             self._forward(
                 torch.zeros((1, 1), dtype=torch.long, device=self.device),
@@ -283,6 +283,19 @@ class Engine:
                 self.cache.prefill_view(0, 0, 1),
                 logits_to_keep=1,
             )
+            if self.graphs is not None:
+                started = time.monotonic()
+                try:
+                    self.graphs.capture_all()
+                except Exception as error:  # e.g. a model that synchronises with the CPU
+                    log.warning("CUDA graphs are off for this model (%s); decoding eagerly", error)
+                    self.graphs = None
+                else:
+                    log.info(
+                        "captured %d decode CUDA graphs in %.1f s",
+                        len(self.graphs.steps),
+                        time.monotonic() - started,
+                    )
 
     # ------------------------------------------------------------ the loop (engine thread)
 

@@ -21,6 +21,7 @@ def test_greedy_batched_on_cuda_equals_generate(kind, graphs, tokenizer, make_en
     harness = make_engine(model, eos_ids=set(), cuda_graphs=graphs)
     prompts = [tokenizer(t)["input_ids"] for t in PROMPTS]
     lengths = [24, 5, 31, 12]
+    captured = dict(harness.engine.graphs.steps) if graphs else {}
     submitted = [
         harness.submit(ids, max_tokens=n)[1] for ids, n in zip(prompts, lengths, strict=True)
     ]
@@ -29,4 +30,6 @@ def test_greedy_batched_on_cuda_equals_generate(kind, graphs, tokenizer, make_en
         assert collected.tokens() == reference(model, ids, n)
     if graphs:
         assert harness.engine.graphs is not None, "capture failed: the engine fell back to eager"
-        assert harness.engine.graphs.steps  # decode steps were replayed from graphs
+        # every shape was captured at warm-up; serving replayed them and captured nothing new
+        assert captured and harness.engine.graphs.steps == captured
+        assert set(captured) == set(harness.engine.graphs.shapes())
