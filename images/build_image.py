@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,8 +62,14 @@ def docker_binary() -> str:
     return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
 
-def cuda_flavor(base: str, torch_version: str, requested: str | None) -> str:
-    """`12.8`-style CUDA version of the image, or `cpu`."""
+def cuda_flavor(
+    base: str, torch_version: str, requested: str | None, wheels: Iterable[str] = ()
+) -> str:
+    """`12.8`-style CUDA version of the image, or `cpu`.
+
+    In order: `requested`; torch's local version (`+cpu`, `+cu128`); the CUDA runtime wheel among
+    `wheels` (PyPI's plain `torch` carries CUDA as `nvidia-cuda-runtime[-cuXX]` wheels); the base.
+    """
     if requested:
         return requested
     local = torch_version.partition("+")[2]
@@ -70,6 +77,9 @@ def cuda_flavor(base: str, torch_version: str, requested: str | None) -> str:
         return "cpu"
     if m := re.fullmatch(r"cu(\d+)(\d)", local):
         return f"{m.group(1)}.{m.group(2)}"
+    for name in wheels:
+        if m := re.match(r"nvidia_cuda_runtime(?:_cu\d+)?-(\d+)\.(\d+)\.", Path(name).name):
+            return f"{m.group(1)}.{m.group(2)}"
     if m := re.search(r"cuda:(\d+)\.(\d+)", base):
         return f"{m.group(1)}.{m.group(2)}"
     return "cpu"
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{wheelhouse} was built with --no-dev; the dev image needs the dev tools")
 
     base = args.base or DEFAULT_BASES[args.target]
-    cuda = cuda_flavor(base, manifest["torch_version"], args.cuda)
+    wheels = [p.name for p in (wheelhouse / "deps").glob("*.whl")]
+    cuda = cuda_flavor(base, manifest["torch_version"], args.cuda, wheels)
     tag = args.tag or image_tag(args.target, manifest, cuda)
     build_args = {
         "BASE_IMAGE": base,

@@ -1,17 +1,15 @@
-"""`forgather checkpoint list|inspect`: the checkpoints of a training run, read from their manifests.
+"""`forgather checkpoint list|inspect|consolidate`: a training run's checkpoints, from their manifests.
 
-A checkpoint is `<output_dir>/checkpoints/checkpoint-<step>/` with a `manifest.json` whose `complete`
-is true (docs/dev/training-architecture.md). Directories without a manifest, with `complete: false`,
-or still named `.tmp-checkpoint-<step>-<pid>` are listed as incomplete.
+The format (names, manifest, completeness) is `forgather.ml.train.checkpoint_format`'s. Directories
+without a manifest, with `complete: false`, or still named `.tmp-checkpoint-<step>-<pid>` are listed as
+incomplete. `consolidate` turns any checkpoint, sharded or not, into a Hugging Face model directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,14 +19,19 @@ import typer
 
 from forgather.cli import common
 from forgather.cli.common import EXTRA_ARGS
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TMP_CHECKPOINT_RE = re.compile(r"^\.tmp-checkpoint-(\d+)-\d+$")
-MANIFEST = "manifest.json"
+from forgather.ml.train import checkpoint_format as fmt
+from forgather.ml.train.checkpoint_format import (
+    BAD_STATUSES,
+    CHECKPOINT_RE,
+    MANIFEST,
+    STATE_FILE,
+    verify_files,
+)
+from forgather.ml.train.checkpoint_format import TEMP_CHECKPOINT_RE as TMP_CHECKPOINT_RE
 
 checkpoint_app = typer.Typer(
     name="checkpoint",
-    help="List and inspect training checkpoints (read from their manifest.json files).",
+    help="List, inspect and consolidate training checkpoints (read from their manifest.json files).",
     no_args_is_help=True,
 )
 
@@ -116,18 +119,15 @@ def dir_size(path: Path) -> int:
 
 def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
     """(manifest, problem): the problem is empty for a complete checkpoint."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        return None, "no manifest.json"
+    if not (path / MANIFEST).is_file():
+        return None, f"no {MANIFEST}"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        return None, f"unreadable manifest.json ({error})"
-    if not isinstance(manifest, dict):
-        return None, "manifest.json is not an object"
+        manifest = fmt.read_manifest(path)
+    except fmt.CheckpointError as error:
+        return None, str(error).removeprefix(f"{path / MANIFEST}: ")
     if manifest.get("complete") is not True:
         return manifest, "complete is not true"
-    return manifest, ""
+    return manifest, fmt.manifest_problem(manifest)
 
 
 def checkpoints_root(directory: Path) -> Path:
@@ -145,22 +145,13 @@ def checkpoints_root(directory: Path) -> Path:
 def _best_name(
     root: Path, checkpoints: list[CheckpointInfo], metric: str = "eval_loss", greater: bool = False
 ) -> str | None:
-    """The best checkpoint's directory name: a `best` link or file; else `best_model_checkpoint` in
-    trainer_state.json of the newest complete checkpoint; else the complete checkpoint whose manifest
+    """The best checkpoint's directory name: `best_model_checkpoint` in the trainer state of the
+    newest complete checkpoint (what the trainer recorded); else the complete checkpoint whose manifest
     has the best `metric` (the earliest step on a tie)."""
-    for candidate in (root / "best", root.parent / "best"):
-        if candidate.is_symlink() or candidate.is_dir():
-            return Path(os.path.realpath(candidate)).name
-        if candidate.is_file():
-            text = candidate.read_text(encoding="utf-8", errors="replace").strip()
-            if text.isdigit():
-                return f"checkpoint-{int(text)}"
-            if text:
-                return Path(text).name
     for info in reversed(checkpoints):
         if not info.complete:
             continue
-        state_file = info.path / "trainer_state.json"
+        state_file = info.path / STATE_FILE
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -220,57 +211,6 @@ def format_metrics(metrics: Any) -> str:
     return ", ".join(parts)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_files(path: Path, manifest: dict[str, Any] | None, verify: bool = True) -> list[dict]:
-    """One row per file: listed in the manifest and/or on disk, with its check status
-    (ok, sha256 mismatch, size mismatch, missing, unlisted, not verified)."""
-    listed = manifest.get("files") if manifest else None
-    listed = listed if isinstance(listed, dict) else {}
-    on_disk = {
-        str(p.relative_to(path).as_posix()): p
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    rows = []
-    for name, entry in listed.items():
-        entry = entry if isinstance(entry, dict) else {}
-        expected_bytes = entry.get("bytes")
-        expected_sha = entry.get("sha256")
-        file = path / name
-        row = {"file": name, "bytes": expected_bytes, "on_disk": None, "status": ""}
-        if not file.is_file():
-            row["status"] = "missing"
-        else:
-            row["on_disk"] = file.stat().st_size
-            if expected_bytes is not None and row["on_disk"] != expected_bytes:
-                row["status"] = "size mismatch"
-            elif not verify:
-                row["status"] = "not verified"
-            elif not expected_sha:
-                row["status"] = "no sha256 in manifest"
-            elif sha256_file(file) == expected_sha:
-                row["status"] = "ok"
-            else:
-                row["status"] = "sha256 mismatch"
-        rows.append(row)
-    for name, file in on_disk.items():
-        if name not in listed:
-            rows.append(
-                {"file": name, "bytes": None, "on_disk": file.stat().st_size, "status": "unlisted"}
-            )
-    return rows
-
-
-BAD_STATUSES = {"missing", "size mismatch", "sha256 mismatch"}
-
-
 # ---- commands --------------------------------------------------------------------------------
 
 
@@ -312,8 +252,8 @@ def list_command(
 ) -> None:
     """List checkpoints by step: created, complete, metrics, size; the best one is marked *.
 
-    The best checkpoint is the one a `best` link/file in the checkpoints dir names, else trainer
-    state's best_model_checkpoint, else the one with the best --metric in its manifest.
+    The best checkpoint is the one the trainer recorded (best_model_checkpoint in its state), else
+    the one with the best --metric in its manifest.
     """
     from forgather.config.overrides import is_override
 
@@ -406,6 +346,61 @@ def inspect_command(
         )
         raise typer.Exit(1)
     typer.echo("complete" + (", all files verified" if verify else ""))
+
+
+@checkpoint_app.command("consolidate")
+def consolidate_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint directory, sharded (any strategy) or not", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Argument(help="The model directory to write (must not exist)", show_default=False),
+    ],
+    dtype: Annotated[
+        str, typer.Option(help="dtype of the written weights: float32, bfloat16 or float16.")
+    ] = "float32",
+) -> None:
+    """Write a Hugging Face model directory from a training checkpoint.
+
+    The shards of every rank are read into one model on the CPU (any world size, any strategy) and
+    saved with the model's config, generation config and tokenizer from the checkpoint, so that
+    `AutoModelForCausalLM.from_pretrained(OUTPUT, trust_remote_code=True)` loads it, with or
+    without forgather installed. The directory is written under a temporary name and renamed
+    when complete; OUTPUT must not exist.
+    """
+    import shutil
+    import tempfile
+
+    from forgather.ml.models.loading import load_causal_lm
+    from forgather.ml.models.save import save_model_dir
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter(
+            f"must be float32, bfloat16 or float16, got {dtype!r}", param_hint="--dtype"
+        )
+    if not (checkpoint / MANIFEST).is_file():
+        raise common.project_error(f"{checkpoint} is not a checkpoint (no {MANIFEST})")
+    _, problem = read_manifest(checkpoint)
+    if problem:
+        raise common.project_error(f"{checkpoint}: {problem}")
+    if output.exists():
+        raise common.project_error(f"{output} already exists; give a new directory")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"reading {checkpoint} ...", err=True)
+    model, tokenizer, _ = load_causal_lm(checkpoint, device="cpu", dtype=dtype)
+    temp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        save_model_dir(model, temp, tokenizer=tokenizer)
+        temp.rename(output)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    parameters = sum(p.numel() for p in model.parameters())
+    typer.echo(f"wrote {output} ({type(model).__name__}, {parameters:,} parameters, {dtype})")
 
 
 def register(app: typer.Typer) -> None:

@@ -185,6 +185,7 @@ def serve(options: ServeOptions) -> None:
     """Serve ``options.model`` until SIGINT/SIGTERM."""
     import uvicorn
 
+    from forgather.ml.models.loading import model_name
     from forgather.serve.app import Server, ServerSettings
     from forgather.serve.chat import chat_format
     from forgather.serve.worker import EngineConfig, EngineProcess
@@ -210,7 +211,7 @@ def serve(options: ServeOptions) -> None:
     )
     try:
         info = engine.wait_ready()
-        name = options.served_model_name or model_dir.name
+        name = options.served_model_name or model_name(options.model)
         log.info(
             "loaded %s (%.2fM parameters, %s on %s) in %.1f s; KV cache %.1f MiB for %d sequences "
             "of up to %d tokens; chat template: %s",

@@ -31,7 +31,10 @@ from fgl.errors import FglError
 MOUNT = "/models/model"
 MARKER = ".fgl-model"
 SKIPPED_DIRS = {"checkpoints", "runs", "__pycache__"}
-CHECKPOINT_FILES = ("model.safetensors", "manifest.json")
+# What serving a training checkpoint needs (never the optimizer state): its manifest, its weights
+# (`model/`, sharded DCP files; `model.safetensors` in format 1) and its model config (`hf/`).
+CHECKPOINT_MANIFEST = "manifest.json"
+CHECKPOINT_PARTS = ("model.safetensors", "model", "hf")
 
 
 @dataclass
@@ -69,11 +72,13 @@ def model_source(path: str | Path) -> ModelSource:
         raise FglError(f"model {given} is not a directory")
     checkpoint = None
     root = given
-    if (given / "manifest.json").is_file() and not (given / "config.json").is_file():
+    if (given / CHECKPOINT_MANIFEST).is_file() and not (given / "config.json").is_file():
         checkpoint = given
-        root = next((p for p in given.parents if (p / "config.json").is_file()), None)
-        if root is None:
-            raise FglError(f"{given} is a checkpoint, but no directory above it holds config.json")
+        if given.parent.name != "checkpoints":
+            raise FglError(f"checkpoint {given} is not in a run's checkpoints/ directory")
+        root = given.parent.parent  # the run's output directory, nothing above it
+        if not (root / "config.json").is_file() and not (given / "hf" / "config.json").is_file():
+            raise FglError(f"checkpoint {given} has no hf/config.json and its run no config.json")
     elif not (given / "config.json").is_file():
         raise FglError(
             f"{given} holds neither a model (config.json) nor a checkpoint (manifest.json)"
@@ -84,10 +89,18 @@ def model_source(path: str | Path) -> ModelSource:
         if p.is_file() and not (set(p.relative_to(root).parts[:-1]) & SKIPPED_DIRS)
     ]
     if checkpoint is not None:
-        for name in CHECKPOINT_FILES:
-            if not (checkpoint / name).is_file():
-                raise FglError(f"checkpoint {checkpoint} has no {name}")
-            files.append((checkpoint / name, f"checkpoints/{checkpoint.name}/{name}"))
+        parts = [checkpoint / CHECKPOINT_MANIFEST]
+        for name in CHECKPOINT_PARTS:
+            part = checkpoint / name
+            parts += sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else []
+            parts += [part] if part.is_file() else []
+        if not any(p.name in ("model.safetensors", ".metadata") for p in parts):
+            raise FglError(
+                f"checkpoint {checkpoint} has no model weights (model/ or model.safetensors)"
+            )
+        for file in parts:
+            relative = file.relative_to(checkpoint).as_posix()
+            files.append((file, f"checkpoints/{checkpoint.name}/{relative}"))
     return ModelSource(root, checkpoint, files, content_digest(files))
 
 

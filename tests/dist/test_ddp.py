@@ -84,21 +84,20 @@ def test_two_process_kill_9_then_resume_is_bit_exact(runs, tmp_path):
     assert resumed == straight
 
 
-def test_resuming_with_another_world_size_fails_loudly(runs, tmp_path):
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    """Resharding: DDP on 2 ranks x 2 -> 1 process x 4 (the same global batch) continues the run."""
     import shutil
 
-    from forgather.ml.train.args import TrainingArguments
-    from forgather.ml.train.checkpoint import CheckpointError
-    from forgather.ml.train.trainer import Trainer
-    from tests.unit.train._tiny import ProgressionDataset, tiny_llama
-
     shutil.copytree(runs / "ddp" / "checkpoints", tmp_path / "out" / "checkpoints")
-    trainer = Trainer(
-        args=TrainingArguments(
-            **{**SINGLE, "output_dir": str(tmp_path / "out"), "resume_from_checkpoint": True}
-        ),
-        model_init=tiny_llama,
-        train_dataset=ProgressionDataset(40, seed=1),
+    for later in ("checkpoint-12",):
+        shutil.rmtree(tmp_path / "out" / "checkpoints" / later)
+    output = run(
+        {**SINGLE, "output_dir": str(tmp_path / "out"), "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
     )
-    with pytest.raises(CheckpointError, match="written by world size 2, this run has world size 1"):
-        trainer.train()
+    assert "resharding checkpoint 8 from ddp on 2 process(es) to ddp on 1" in output
+    straight = {r["step"]: r for r in read_records(runs / "ddp.jsonl") if "loss" in r}
+    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step

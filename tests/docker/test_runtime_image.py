@@ -122,6 +122,13 @@ def test_versioned_tag_names_python_cuda_and_torch(wheelhouse):
         build_image.cuda_flavor("nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04", "2.13.0+cpu", None)
         == "cpu"
     )
+    # PyPI's plain torch on a plain Debian base: the CUDA runtime wheel it depends on names CUDA.
+    wheels = ["torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
+    assert build_image.cuda_flavor("forgather-base:bookworm", "2.13.0", None, wheels) == "cpu"
+    wheels.append("nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.whl")
+    assert build_image.cuda_flavor("forgather-base:bookworm", "2.13.0", None, wheels) == "13.0"
+    cu12 = ["nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux2014_x86_64.whl"]
+    assert build_image.cuda_flavor("forgather-base:bookworm", "2.13.0", None, cu12) == "12.8"
 
 
 def test_forgather_version_runs(run_image, runtime_image, wheelhouse):

@@ -257,6 +257,67 @@ def test_ddp_two_ranks_via_forgather_train(train, e2e_env, tmp_path):
     assert not list(Path(e2e_env["FORGATHER_JOBS_DIR"]).iterdir())
 
 
+@pytest.mark.dist
+def test_fsdp_two_ranks_then_consolidate_loads_in_plain_transformers(
+    train, forgather, e2e_env, tmp_path
+):
+    output_dir = tmp_path / "fsdp"
+    run = train(
+        output_dir,
+        "--nproc",
+        "2",
+        "--max-steps",
+        "6",
+        "trainer_args.parallelism=fsdp",
+        "trainer_args.save_steps=6",
+        *QUICK,
+        small=[*SMALL_MODEL],
+    )
+    assert run.returncode == 0, run.describe()
+    assert re.search(r"^\s*parallelism\s+fsdp$", run.stdout, re.MULTILINE), run.stdout
+    checkpoint = output_dir / "checkpoints" / "checkpoint-6"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert (manifest["parallelism"], manifest["world_size"]) == ("fsdp", 2)
+    assert {p.name for p in (checkpoint / "model").glob("*.distcp")} == {
+        "__0_0.distcp",
+        "__1_0.distcp",
+    }
+
+    consolidated = tmp_path / "consolidated"
+    done = forgather("checkpoint", "consolidate", checkpoint, consolidated)
+    assert done.returncode == 0, done.describe()
+    assert f"wrote {consolidated}" in done.stdout
+    again = forgather("checkpoint", "consolidate", checkpoint, consolidated)
+    assert_one_line_error(again, "already exists")
+
+    # The consolidated checkpoint and the model the FSDP run saved at its end (gathered from the
+    # shards) load in plain transformers, without forgather, with the same logits.
+    plain_env = {k: v for k, v in e2e_env.items() if k != "PYTHONPATH"}
+    logits = {}
+    for name, model_dir in (("consolidated", consolidated), ("saved", output_dir)):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                PLAIN_TRANSFORMERS,
+                str(model_dir),
+                str(tmp_path / f"{name}.pt"),
+            ],
+            cwd=tmp_path,
+            env=plain_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        import torch
+
+        logits[name] = torch.load(tmp_path / f"{name}.pt")["logits"]
+    torch.testing.assert_close(logits["consolidated"], logits["saved"], rtol=0, atol=1e-5)
+
+
 # ---- 5. bad inputs --------------------------------------------------------------------------------
 
 BAD_INPUTS = {

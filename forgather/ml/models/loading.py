@@ -1,9 +1,10 @@
 """Loading a trained causal LM for inference: a saved model directory or a training checkpoint.
 
 A model directory is what ``save_pretrained`` writes (``config.json``, weights, tokenizer; forgather's
-own also hold the model's source, loaded as Hugging Face remote code). A checkpoint directory
-(``manifest.json``) sits below the model directory of its run; its ``model.safetensors`` replaces the
-saved weights, and every weight must match.
+own also hold the model's source, loaded as Hugging Face remote code). A training checkpoint
+(``manifest.json``; format in ``forgather.ml.train.checkpoint_format``) carries its model's config in
+its ``hf/`` directory (older ones: in its run's output directory, and nowhere higher); its weights
+(sharded DCP files, or one ``model.safetensors``) replace the saved ones, and every weight must match.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from forgather.errors import ForgatherError
+from forgather.ml.train.checkpoint_format import (
+    MANIFEST,
+    CheckpointError,
+    model_config_dir,
+    run_output_dir,
+    weights_location,
+)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -25,18 +33,28 @@ def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise ModelNotFoundError(f"{path} does not exist")
-    if (path / "manifest.json").is_file():
-        for parent in path.parents:
-            if (parent / "config.json").is_file():
-                return parent, path
-        raise ModelNotFoundError(
-            f"{path} is a checkpoint, but no directory above it holds the model's config.json"
-        )
+    if (path / MANIFEST).is_file():
+        config_dir = model_config_dir(path)
+        if config_dir is None:
+            raise ModelNotFoundError(
+                f"{path} is a checkpoint without its model's config.json (neither in its hf/ "
+                "directory nor in its run's output directory)"
+            )
+        return config_dir, path
     if (path / "config.json").is_file():
         return path, None
     raise ModelNotFoundError(
-        f"{path} holds neither a model (config.json) nor a checkpoint (manifest.json)"
+        f"{path} holds neither a model (config.json) nor a checkpoint ({MANIFEST})"
     )
+
+
+def model_name(path: str | Path) -> str:
+    """The name a model is known by: its directory's, or for a checkpoint its run's."""
+    model_dir, checkpoint = find_model_dir(path)
+    if checkpoint is None:
+        return model_dir.name
+    run = run_output_dir(checkpoint)
+    return run.name if run is not None else checkpoint.name
 
 
 def resolve_device(device: str) -> str:
@@ -64,15 +82,21 @@ def resolve_dtype(dtype: str, device: str, config_dtype: Any = None) -> Any:
 
 
 def _load_checkpoint_weights(model: Any, model_dir: Path, checkpoint: Path) -> None:
-    """Every weight from the checkpoint (tied weights are stored once, as the trainer writes them)."""
-    from safetensors.torch import load_model
-
-    weights = checkpoint / "model.safetensors"
-    if not weights.is_file():
-        raise ModelNotFoundError(f"{checkpoint} has no model.safetensors")
+    """Every weight from the checkpoint (tied weights load into the one shared tensor)."""
     try:
-        load_model(model, str(weights), strict=True)
-    except RuntimeError as error:
+        kind, location = weights_location(checkpoint)
+    except CheckpointError as error:
+        raise ModelNotFoundError(str(error)) from None
+    try:
+        if kind == "dcp":
+            from forgather.ml.train.checkpoint import load_model_weights
+
+            load_model_weights(model, location)
+        else:
+            from safetensors.torch import load_model
+
+            load_model(model, str(location), strict=True)
+    except (RuntimeError, ValueError) as error:
         raise ModelNotFoundError(
             f"{checkpoint} does not belong to the model in {model_dir}: "
             f"{' '.join(str(error).split())[:300]}"
@@ -90,9 +114,18 @@ def load_causal_lm(
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, trust_remote_code=trust_remote_code, dtype=torch_dtype
-        )
+        if checkpoint is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code, dtype=torch_dtype
+            )
+        else:  # the weights come from the checkpoint: build the model from its config alone
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=trust_remote_code, dtype=torch_dtype
+            )
+            if (model_dir / "generation_config.json").is_file():
+                from transformers import GenerationConfig
+
+                model.generation_config = GenerationConfig.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from forgather.ml.unwrap import model_class_name, unwrap_model
+
 from .transformer import ForgatherConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "transformer"
@@ -35,21 +37,6 @@ AUTO_MAP = {
 def package_source_files() -> list[Path]:
     """The source files of the self-contained model package (copied into saved directories)."""
     return sorted(PACKAGE_DIR.glob("*.py"))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The underlying model of DDP/FSDP-style (``.module``) and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif (
-            isinstance(model, nn.Module)
-            and hasattr(model, "module")
-            and not hasattr(model, "config")
-        ):
-            model = model.module
-        else:
-            return model
 
 
 def is_forgather_model(model: nn.Module) -> bool:
@@ -88,24 +75,44 @@ def save_model_dir(
     if not safe_serialization and not accepts_safe:
         _convert_to_torch_bin(model, out, state_dict)
 
+    _save_loading_files(model, out, tokenizer)
+    return out
+
+
+def save_model_config(
+    model: nn.Module, output_dir: str | os.PathLike, tokenizer: Any = None
+) -> Path:
+    """Everything ``from_pretrained`` needs besides the weights: ``config.json``, the generation
+    config, the tokenizer and (forgather models) the model's source. Training checkpoints keep this
+    beside their sharded weights, so each one is loadable and consolidatable on its own."""
+    model = unwrap_model(model)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained"):
+        raise TypeError(f"{type(model).__name__} has no Hugging Face config to save")
+    config.save_pretrained(out)
+    _save_loading_files(model, out, tokenizer)
+    return out
+
+
+def _save_loading_files(model: nn.Module, out: Path, tokenizer: Any) -> None:
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and not (out / "generation_config.json").exists():
         generation_config.save_pretrained(out)
 
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # The model's own class (save_pretrained of an FSDP2-sharded model would name FSDP<Class>).
+    config["architectures"] = [model_class_name(model)]
     if is_forgather_model(model):
         for source in package_source_files():
             shutil.copyfile(source, out / source.name)
-        config_path = out / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
         config["auto_map"] = dict(AUTO_MAP)
-        config["architectures"] = [type(model).__name__]
-        config_path.write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out
 
 
 def _convert_to_torch_bin(

@@ -23,6 +23,8 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
+PARALLELISMS = ("ddp", "fsdp")
+FSDP_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _timestamp() -> str:
@@ -197,6 +199,28 @@ class TrainingArguments:
     ddp_timeout: int = 1800
     """Timeout of collective operations, in seconds."""
 
+    # --- parallelism (docs/trainers/parallel.md) ---
+    parallelism: str = "ddp"
+    """How the model is spread over the processes: "ddp" (every rank holds the whole model) or
+    "fsdp" (FSDP2: parameters, gradients and optimizer state sharded over the ranks). In one
+    process both train the plain model."""
+
+    fsdp_reshard_after_forward: bool = True
+    """FSDP: free each block's gathered parameters after its forward (less memory, one more
+    all-gather in the backward); False keeps them until the backward (ZeRO-2-like)."""
+
+    fsdp_cpu_offload: bool = False
+    """FSDP: keep the sharded parameters, gradients and optimizer state in CPU memory."""
+
+    fsdp_param_dtype: str | None = None
+    """FSDP: the dtype blocks compute in ("bfloat16", "float16", "float32"); gradients are reduced in
+    float32 and the sharded master weights stay float32. None means bfloat16 when `bf16`, else
+    float32."""
+
+    fsdp_replicate: int = 1
+    """FSDP: HSDP replica groups. With R > 1 the world is an R x (world/R) mesh: parameters are
+    sharded within a group (e.g. one node's GPUs) and replicated across the R groups."""
+
     def __post_init__(self) -> None:
         if self.run_name is None:
             self.run_name = _timestamp()
@@ -282,6 +306,13 @@ class TrainingArguments:
         )
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
         require(self.ddp_timeout > 0, "ddp_timeout", "must be > 0")
+        require(self.parallelism in PARALLELISMS, "parallelism", f"must be one of {PARALLELISMS}")
+        require(
+            self.fsdp_param_dtype is None or self.fsdp_param_dtype in FSDP_DTYPES,
+            "fsdp_param_dtype",
+            f"must be None or one of {FSDP_DTYPES}",
+        )
+        require(self.fsdp_replicate >= 1, "fsdp_replicate", "must be >= 1")
 
     @classmethod
     def field_names(cls) -> list[str]:

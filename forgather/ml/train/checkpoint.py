@@ -1,12 +1,13 @@
-"""Atomic training checkpoints with a manifest, and exact resume (see docs/checkpointing/index.md).
+"""Atomic, sharded training checkpoints with a manifest, exact resume, and resharding.
 
-Layout: `<output_dir>/checkpoints/checkpoint-<step>/` holding `model.safetensors`, `optimizer.pt`,
-`scheduler.pt`, `trainer_state.json`, `data_state.pt`, `rng_state_rank<r>.pt` (one per rank),
-`grad_scaler.pt` (fp16 only) and `manifest.json`. A checkpoint is written into
-`.tmp-checkpoint-<step>-<pid>/`, every file fsynced, the manifest (`"complete": true`) last, then the
-directory is renamed into place; only directories with a complete manifest count. Loading checks
-everything (manifest, world size, model digest, every file's size and hash) before it changes anything,
-and reports any problem as one `CheckpointError` line.
+The format (names, manifest, finding checkpoints) is owned by `checkpoint_format`; this module writes
+and loads checkpoints with torch. Weights and optimizer state go through torch.distributed.checkpoint
+(DCP): every rank writes its own shards in parallel (no gather to rank 0), keyed by parameter name, so
+a checkpoint loads into another world size or strategy (DDP on 2 ranks -> FSDP on 4 -> 1 process).
+Rank 0 writes the small replicated files; every rank writes its RNG file and hashes the files it
+wrote; rank 0 writes the manifest last and renames the directory into place. Loading checks
+everything (manifest, model digest, every file's size and hash) before it changes anything, and
+reports any problem as one `CheckpointError` line.
 """
 
 from __future__ import annotations
@@ -14,135 +15,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model as load_safetensors_model
-from safetensors.torch import save_model as save_safetensors_model
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from forgather.errors import ForgatherError
-
-FORMAT = "forgather-checkpoint/1"
-MANIFEST = "manifest.json"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-SCHEDULER_FILE = "scheduler.pt"
-SCALER_FILE = "grad_scaler.pt"
-STATE_FILE = "trainer_state.json"
-DATA_FILE = "data_state.pt"
-REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE, DATA_FILE)
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TEMP_RE = re.compile(r"^\.tmp-.*-(\d+)$")
+from forgather.ml.train.checkpoint_format import (
+    DATA_FILE,
+    DCP_METADATA,
+    FORMAT,
+    HF_DIR,
+    LEGACY_FORMAT,
+    MANIFEST,
+    MODEL_DIR,
+    OPTIMIZER_DIR,
+    REQUIRED_FILES,
+    SCALER_FILE,
+    SCHEDULER_FILE,
+    STATE_FILE,
+    TEMP_RE,
+    CheckpointError,
+    best_checkpoint,
+    check_files,
+    checkpoints_dir,
+    file_entries,
+    is_complete,
+    latest_checkpoint,
+    list_checkpoints,
+    manifest_problem,
+    read_manifest,
+    resolve_checkpoint,
+    rng_file,
+    step_of,
+)
+from forgather.ml.unwrap import model_class_name, unwrap_model
 
 # Test hook: with FORGATHER_TEST_CHECKPOINT_STALL=<step>, the write of checkpoint <step> stops (sleeps)
-# after model.safetensors, so a test can kill the process in the middle of a checkpoint write.
+# after the model weights, so a test can kill the process in the middle of a checkpoint write.
 STALL_ENV = "FORGATHER_TEST_CHECKPOINT_STALL"
-
-
-class CheckpointError(ForgatherError):
-    """A checkpoint cannot be used: missing, incomplete, corrupt, or made for another model or world size."""
-
-
-def rng_file(rank: int) -> str:
-    return f"rng_state_rank{rank}.pt"
-
-
-def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def step_of(path: str | os.PathLike) -> int | None:
-    """The step number in a `checkpoint-<step>` directory name, or None."""
-    match = CHECKPOINT_RE.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of checkpoint directory `path`; CheckpointError if it is missing or unreadable."""
-    manifest_path = Path(path) / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{path}: no {MANIFEST} (not a checkpoint, or an interrupted write)"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{manifest_path}: unreadable: {error}") from None
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{manifest_path}: not a JSON object")
-    return manifest
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError:
-        return False
-    return manifest.get("complete") is True and manifest.get("format") == FORMAT
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under `<output_dir>/checkpoints`, oldest first (by step number)."""
-    root = checkpoints_dir(output_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None and is_complete(p)]
-    return sorted(found, key=lambda p: step_of(p))
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step, or None."""
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
-def best_checkpoint(
-    output_dir: str | os.PathLike, metric: str = "eval_loss", greater_is_better: bool = False
-) -> Path | None:
-    """The complete checkpoint whose manifest has the best `metric` (the earliest step on a tie)."""
-    best, best_value = None, None
-    for path in list_checkpoints(output_dir):
-        value = read_manifest(path).get("metrics", {}).get(metric)
-        if not isinstance(value, int | float):
-            continue
-        better = best_value is None or (
-            value > best_value if greater_is_better else value < best_value
-        )
-        if better:
-            best, best_value = path, value
-    return best
-
-
-def resolve_checkpoint(output_dir: str | os.PathLike, spec: bool | str | os.PathLike) -> Path:
-    """The checkpoint `resume_from_checkpoint=spec` names: True/"latest" the newest complete one."""
-    if spec is True or spec == "latest":
-        latest = latest_checkpoint(output_dir)
-        if latest is None:
-            raise CheckpointError(
-                f"cannot resume: no complete checkpoint in {checkpoints_dir(output_dir)}"
-            )
-        return latest
-    path = Path(spec)
-    if not path.is_dir():
-        raise CheckpointError(f"cannot resume: checkpoint {path} does not exist")
-    return path
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -164,14 +86,6 @@ def _versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -279,10 +193,13 @@ class CheckpointManager:
         rng_state: dict[str, Any],
         grad_scaler: Any = None,
         metrics: dict[str, float] | None = None,
+        tokenizer: Any = None,
+        strategy: str = "ddp",
     ) -> Path:
         """Write checkpoint `step` atomically (all ranks call this); returns its final path.
 
-        A complete checkpoint of the same step already on disk is kept as it is.
+        `model` is the module the optimizer's parameters belong to (sharded or not, not a DDP
+        wrapper). A complete checkpoint of the same step already on disk is kept as it is.
         """
         final = self.dir / f"checkpoint-{step}"
         temp = self.dir / f".tmp-checkpoint-{step}-{self.owner_pid}"
@@ -296,38 +213,38 @@ class CheckpointManager:
             temp.mkdir()
         self._barrier()
 
+        model = unwrap_model(model)
+        _dcp_save(get_model_state_dict(model), temp / MODEL_DIR)
+        if os.environ.get(STALL_ENV) == str(step):
+            time.sleep(3600)  # test hook: be killed in the middle of a write
+        _dcp_save(get_optimizer_state_dict(model, optimizer), temp / OPTIMIZER_DIR)
         if self.rank == 0:
-            model = unwrap_model(model)
-            save_safetensors_model(model, str(temp / MODEL_FILE))
-            _fsync(temp / MODEL_FILE)
-            if os.environ.get(STALL_ENV) == str(step):
-                time.sleep(3600)  # test hook: be killed in the middle of a write
-            _torch_save(optimizer.state_dict(), temp / OPTIMIZER_FILE)
             _torch_save(lr_scheduler.state_dict(), temp / SCHEDULER_FILE)
             if grad_scaler is not None:
                 _torch_save(grad_scaler.state_dict(), temp / SCALER_FILE)
             _torch_save(data_state, temp / DATA_FILE)
             (temp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=str))
             _fsync(temp / STATE_FILE)
+            _save_loading_files(model, temp / HF_DIR, tokenizer)
         _torch_save(rng_state, temp / rng_file(self.rank))
         self._barrier()
-
+        # Every rank hashes the files it wrote (in parallel); rank 0 also the shared ones.
+        entries = (
+            self.env.gather_object(self._own_files(temp)) if self.env else [self._own_files(temp)]
+        )
         if self.rank == 0:
-            files = {
-                p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                for p in sorted(temp.iterdir())
-                if p.is_file()
-            }
+            files = dict(sorted((k, v) for part in entries for k, v in part.items()))
             manifest = {
                 "format": FORMAT,
                 "complete": True,
                 "step": step,
                 "epoch": epoch,
                 "world_size": self.world_size,
+                "parallelism": strategy,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "config_digest": self.metadata.get("config_digest"),
                 "model_digest": model_digest(model),
-                "model_class": type(unwrap_model(model)).__name__,
+                "model_class": model_class_name(model),
                 "versions": _versions(),
                 "git_sha": self.metadata.get("git_sha"),
                 "image_digest": self.metadata.get("image_digest"),
@@ -344,6 +261,25 @@ class CheckpointManager:
             self.prune()
         self._barrier()
         return final
+
+    def _own_files(self, temp: Path) -> dict[str, dict[str, Any]]:
+        """Manifest entries of the files this rank wrote (its shards, its RNG file; rank 0 the rest)."""
+        mine = [rng_file(self.rank)]
+        for sub in (MODEL_DIR, OPTIMIZER_DIR):
+            shards = sorted(p.name for p in (temp / sub).glob(f"__{self.rank}_*.distcp"))
+            mine += [f"{sub}/{name}" for name in shards]
+        if self.rank == 0:
+            shared = [
+                p.relative_to(temp).as_posix()
+                for p in temp.rglob("*")
+                if p.is_file()
+                and not p.name.startswith("rng_state_rank")
+                and not p.name.endswith(".distcp")
+            ]
+            mine += shared
+        for name in mine:
+            _fsync(temp / name)
+        return file_entries(temp, sorted(set(mine)))
 
     def _remove(self, path: Path) -> None:
         """Delete a checkpoint directory so that no half-deleted `checkpoint-<step>` is ever visible."""
@@ -395,42 +331,25 @@ class CheckpointManager:
         """The manifest of `path` after checking it fits this run; CheckpointError naming the cause."""
         path = Path(path)
         manifest = read_manifest(path)
-        if manifest.get("format") != FORMAT:
+        if problem := manifest_problem(manifest):
+            raise CheckpointError(f"{path}: {problem}")
+        if manifest.get("format") == LEGACY_FORMAT:
             raise CheckpointError(
-                f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})"
-            )
-        if manifest.get("complete") is not True:
-            raise CheckpointError(
-                f"{path}: incomplete checkpoint (manifest says complete={manifest.get('complete')!r})"
-            )
-        if manifest.get("world_size") != self.world_size:
-            raise CheckpointError(
-                f"{path}: written by world size {manifest.get('world_size')}, this run has world size "
-                f"{self.world_size} (resuming needs the same number of processes)"
+                f"{path}: format {LEGACY_FORMAT} (one model.safetensors) loads for inference but "
+                f"cannot be resumed; this trainer resumes {FORMAT} checkpoints"
             )
         digest = model_digest(model)
         if manifest.get("model_digest") != digest:
             raise CheckpointError(
                 f"{path}: model_digest mismatch: the checkpoint belongs to another model "
                 f"({manifest.get('model_class')}, digest {str(manifest.get('model_digest'))[:12]}) "
-                f"than this run's ({type(unwrap_model(model)).__name__}, digest {digest[:12]})"
+                f"than this run's ({model_class_name(model)}, digest {digest[:12]})"
             )
         files = manifest.get("files") or {}
-        for name in (*REQUIRED_FILES, rng_file(self.rank)):
+        for name in REQUIRED_FILES:
             if name not in files:
                 raise CheckpointError(f"{path}: the manifest lists no {name}")
-        for name, info in files.items():
-            file = path / name
-            if not file.is_file():
-                raise CheckpointError(f"{path}: missing file {name}")
-            if file.stat().st_size != info.get("bytes"):
-                raise CheckpointError(
-                    f"{path}: {name} has {file.stat().st_size} bytes, the manifest says {info.get('bytes')}"
-                )
-            if verify_hashes and _sha256(file) != info.get("sha256"):
-                raise CheckpointError(
-                    f"{path}: {name} is corrupt (sha256 differs from the manifest)"
-                )
+        check_files(path, manifest, verify_hashes)
         return manifest
 
     def load(
@@ -445,18 +364,20 @@ class CheckpointManager:
     ) -> LoadedCheckpoint:
         """Check `path`, read every file, then load weights, optimizer, scheduler and scaler states.
 
-        Returns the trainer state, data state and this rank's RNG state for the caller to apply.
-        The manifest, world size, model digest and every file's size and sha256 are checked, and all
-        files are read, before anything is loaded; a state that still does not fit (say, an optimizer
-        of another kind) raises CheckpointError naming it. Nothing on disk is ever changed.
+        `model` is the module the optimizer's parameters belong to, sharded or not: DCP reshards the
+        saved tensors into whatever layout this run has. Returns the trainer state, data state and
+        this rank's RNG state (None when the checkpoint's world had no such rank) for the caller to
+        apply. The manifest, model digest and every file's size and sha256 are checked, and all
+        small files read, before anything is loaded; a state that still does not fit (say, an
+        optimizer of another kind) raises CheckpointError naming it. Nothing on disk is changed.
         """
         path = Path(path)
         manifest = self.check(path, model, verify_hashes)
+        own_rng = path / rng_file(self.rank)
         try:
-            optimizer_state = _torch_load(path / OPTIMIZER_FILE)
             scheduler_state = _torch_load(path / SCHEDULER_FILE)
             data_state = _torch_load(path / DATA_FILE)
-            rng_state = _torch_load(path / rng_file(self.rank))
+            rng_state = _torch_load(own_rng) if own_rng.is_file() else None
             trainer_state = json.loads((path / STATE_FILE).read_text())
             scaler_state = (
                 _torch_load(path / SCALER_FILE) if (path / SCALER_FILE).exists() else None
@@ -471,8 +392,8 @@ class CheckpointManager:
             )
         target = unwrap_model(model)
         steps = (
-            ("model weights", lambda: _load_weights(target, path / MODEL_FILE)),
-            ("optimizer state", lambda: optimizer and optimizer.load_state_dict(optimizer_state)),
+            ("model weights", lambda: load_model_weights(target, path / MODEL_DIR)),
+            ("optimizer state", lambda: optimizer and _load_optimizer(target, optimizer, path)),
             (
                 "scheduler state",
                 lambda: lr_scheduler and lr_scheduler.load_state_dict(scheduler_state),
@@ -486,27 +407,92 @@ class CheckpointManager:
             try:
                 apply()
             except Exception as error:
-                message = " ".join(str(error).split())
+                message = " ".join(str(error).split())[:400]
                 raise CheckpointError(f"{path}: cannot load {what}: {message}") from error
         return LoadedCheckpoint(path, manifest, trainer_state, data_state, rng_state)
 
 
-def _load_weights(model: torch.nn.Module, file: Path) -> None:
-    device = next(model.parameters()).device
-    missing, unexpected = load_safetensors_model(model, str(file), strict=False, device=str(device))
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _dcp_save(state: dict[str, Any], directory: Path) -> None:
+    with warnings.catch_warnings():  # in one process DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, checkpoint_id=directory, no_dist=not _distributed())
+
+
+def _dcp_load(state: dict[str, Any], directory: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=directory, no_dist=not _distributed())
+
+
+def _dcp_keys(directory: Path) -> set[str]:
+    return set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
+
+
+def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Load the DCP weights in `directory` into `model` (sharded or not), every key matching."""
+    directory = Path(directory)
+    state = get_model_state_dict(model)
+    saved = _dcp_keys(directory)
+    missing, unexpected = sorted(set(state) - saved), sorted(saved - set(state))
     if missing or unexpected:
         raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    _dcp_load(state, directory)
+    set_model_state_dict(model, state)
+
+
+def _load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    state = get_optimizer_state_dict(model, optimizer)  # initialises the state to load into
+    saved = _dcp_keys(path / OPTIMIZER_DIR)
+    wanted = {key for key in _flatten_keys(state) if not key.startswith("param_groups")}
+    missing = sorted(k for k in wanted if k not in saved)
+    if missing:
+        raise ValueError(
+            f"the checkpoint's optimizer state lacks {missing[:3]} (another optimizer?)"
+        )
+    _dcp_load(state, path / OPTIMIZER_DIR)
+    set_optimizer_state_dict(model, optimizer, state)
+
+
+def _flatten_keys(state: Any, prefix: str = "") -> list[str]:
+    """DCP's flattened key names (`state.<fqn>.<name>`) of a nested optimizer state dict."""
+    if isinstance(state, dict):
+        return [
+            key
+            for name, value in state.items()
+            for key in _flatten_keys(value, f"{prefix}.{name}" if prefix else str(name))
+        ]
+    if isinstance(state, list):
+        return [prefix]
+    return [prefix]
+
+
+def _save_loading_files(model: torch.nn.Module, directory: Path, tokenizer: Any) -> None:
+    """The `hf/` directory (config, tokenizer, source) of Hugging Face-style models; else nothing."""
+    if not hasattr(getattr(model, "config", None), "save_pretrained"):
+        return
+    from forgather.ml.models.save import save_model_config
+
+    save_model_config(model, directory, tokenizer)
+    for file in directory.rglob("*"):
+        if file.is_file():
+            _fsync(file)
 
 
 __all__ = [
     "CheckpointError",
     "CheckpointManager",
+    "DCP_METADATA",
     "LoadedCheckpoint",
     "best_checkpoint",
     "checkpoints_dir",
     "is_complete",
     "latest_checkpoint",
     "list_checkpoints",
+    "load_model_weights",
     "model_digest",
     "read_manifest",
     "resolve_checkpoint",

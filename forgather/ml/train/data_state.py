@@ -143,21 +143,32 @@ def data_state_dict(
 def check_data_state(
     state: dict[str, Any], sampler: ResumableDistributedSampler, batch_size: int
 ) -> DataPosition:
-    """The saved position, or ValueError naming what differs from the current data set-up."""
+    """The saved position for the current data set-up, or ValueError naming what differs.
+
+    Another world size or per-device batch size is fine when the samples consumed so far fill
+    whole micro-batches of the new set-up: rank r of W takes positions r, r + W, ... of the epoch's
+    order, so after k micro-batches of b samples the first k·b·W positions are used, whatever W is.
+    """
     current = data_state_dict(DataPosition(), sampler, batch_size)
-    for key in (
-        "seed",
-        "world_size",
-        "per_device_batch_size",
-        "dataset_size",
-        "shuffle",
-        "drop_last",
-    ):
+    for key in ("seed", "dataset_size", "shuffle", "drop_last"):
         if state.get(key) != current[key]:
             raise ValueError(
                 f"data {key} differs: checkpoint has {state.get(key)!r}, this run has {current[key]!r}"
             )
-    return DataPosition(epoch=int(state["epoch"]), batches_consumed=int(state["batches_consumed"]))
+    consumed = int(state["batches_consumed"])
+    saved_batch = int(state["per_device_batch_size"]) * int(state["world_size"])
+    batch = batch_size * sampler.world_size
+    if saved_batch != batch:
+        samples = consumed * saved_batch
+        if samples % batch:
+            raise ValueError(
+                f"the checkpoint is {samples} samples into epoch {state['epoch']} "
+                f"({state['world_size']} ranks x {state['per_device_batch_size']}), which is not a "
+                f"whole number of this run's micro-batches ({sampler.world_size} ranks x "
+                f"{batch_size}): keep per_device_train_batch_size x world size at {saved_batch}"
+            )
+        consumed = samples // batch
+    return DataPosition(epoch=int(state["epoch"]), batches_consumed=consumed)
 
 
 __all__ = [

@@ -166,6 +166,14 @@ class DistributedEnvironment:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's `obj`, in rank order, on rank `dst` (None on the others)."""
+        if not self.initialized:
+            return [obj]
+        box = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, box, dst=dst)
+        return box
+
     def cleanup(self) -> None:
         """Leave the process group (if this process joined one)."""
         if self.initialized:

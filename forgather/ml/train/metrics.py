@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from forgather.ml.train.callbacks.base import TrainerCallback
+from forgather.ml.unwrap import unwrap_model
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s per device, from the vendors' data sheets.
 # V100 and T4 have no bf16: their fp16 tensor-core peak is listed.
@@ -254,18 +255,6 @@ def flops_per_token(
     if seq_len and num_layers and attention_width:
         attention = 12 * int(num_layers) * int(attention_width) * int(seq_len)
     return float(6 * n + attention)
-
-
-def unwrap_model(model: Any) -> Any:
-    """The model inside DDP/FSDP/compile wrappers."""
-    seen = 0
-    while seen < 8:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-        seen += 1
-    return model
 
 
 def model_device(model: Any) -> torch.device:

@@ -46,7 +46,7 @@ Trainer(*, args, model=None, model_init=None, train_dataset=None, eval_dataset=N
         lr_scheduler_factory=None, callbacks=None, compute_loss_func=None)
 trainer.train() -> TrainerState        # resumes first when args.resume_from_checkpoint is set
 trainer.evaluate(eval_dataset=None) -> {"eval_loss", "eval_perplexity", "eval_runtime", "eval_batches"}
-trainer.save_model(output_dir=None)    # Forgather models via save_model_dir, else save_pretrained
+trainer.save_model(output_dir=None)    # a HF model directory (save_model_dir), gathered from shards
 trainer.close()                        # leave the process group (under torchrun)
 ```
 

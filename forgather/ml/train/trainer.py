@@ -1,9 +1,10 @@
-"""The trainer: one training loop for a single process and for DDP (started with torchrun).
+"""The trainer: one training loop for a single process and for every parallel strategy (torchrun).
 
 Read top to bottom: `__init__` (environment, seed, model), `train()` (set-up, resume, the epoch loop,
 the final save), `train_step()` (one optimizer step over a gradient-accumulation group), `evaluate()`,
 and the helpers for logging, checkpoints and callbacks. Data order, checkpoints, RNG, the loss,
-LR schedules and the distributed environment each live in their own module.
+LR schedules, the distributed environment and the parallel strategies (`parallel/`) each live in
+their own module.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from forgather.ml.optim import get_lr_scheduler, make_optimizer
 from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
 from forgather.ml.train.checkpoint import (
-    MODEL_FILE,
     CheckpointError,
     CheckpointManager,
-    _load_weights,
+    load_model_weights,
     resolve_checkpoint,
-    unwrap_model,
 )
+from forgather.ml.train.checkpoint_format import MODEL_DIR
 from forgather.ml.train.data_state import (
     DataPosition,
     EvalBatchSampler,
@@ -41,8 +41,10 @@ from forgather.ml.train.data_state import (
 )
 from forgather.ml.train.distributed import DistributedEnvironment
 from forgather.ml.train.loss import IGNORE_INDEX, causal_lm_loss, logits_of
+from forgather.ml.train.parallel import make_strategy
 from forgather.ml.train.rng import get_rng_state, set_rng_state, set_seed
 from forgather.ml.train.state import TrainerControl, TrainerState
+from forgather.ml.unwrap import unwrap_model
 
 CONTROL_FLAGS = (
     "should_training_stop",
@@ -132,6 +134,7 @@ class Trainer:
         check_vocab(model, processing_class)
         self.model = model.to(self.device)
         self.wrapped_model: torch.nn.Module = self.model
+        self.strategy = make_strategy(args, self.env, self.device)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         if data_collator is None:
@@ -189,7 +192,7 @@ class Trainer:
                 self._save_checkpoint()
             best = self.checkpoints.best() if args.load_best_model_at_end else None
             if best is not None:
-                _load_weights(unwrap_model(self.model), best / MODEL_FILE)
+                load_model_weights(self.model, best / MODEL_DIR)
 
         self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
         self._dispatch("on_train_end")
@@ -253,8 +256,8 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             is_last = i == count - 1
-            # Under DDP, gradients are all-reduced only in the backward pass of the last micro-batch.
-            with self._no_sync() if not is_last else nullcontext():
+            # Gradients are synchronised only in the backward pass of the last micro-batch.
+            with self.strategy.no_sync() if not is_last else nullcontext():
                 with self._autocast():
                     loss = self.compute_loss(self.wrapped_model, batch) / count
                 self._backward(loss)
@@ -370,19 +373,14 @@ class Trainer:
 
         if args.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
+        # A sharding strategy shards the parameters first: the optimizer holds the shards.
+        self.model = self.strategy.prepare(self.model)
         self.optimizer = self._create_optimizer()
         self.lr_scheduler = self._create_scheduler(max_steps)
         if args.fp16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
 
-        wrapped = self.model
-        self._ddp_model = None
-        if env.is_distributed:
-            wrapped = self._ddp_model = torch.nn.parallel.DistributedDataParallel(
-                wrapped,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=args.ddp_find_unused_parameters,
-            )
+        wrapped = self.strategy.wrap(self.model)
         if args.torch_compile:
             wrapped = torch.compile(
                 wrapped,
@@ -450,6 +448,7 @@ class Trainer:
                 )
             except ValueError as error:
                 raise CheckpointError(f"{path}: {error}") from None
+            self._note_reshard(loaded.manifest)
             for name in RESUMED_STATE_FIELDS:
                 if name in loaded.trainer_state:
                     setattr(self.state, name, loaded.trainer_state[name])
@@ -471,6 +470,20 @@ class Trainer:
         self.checkpoints.clean_temp_dirs()
         env.barrier()
         return rng_state
+
+    def _note_reshard(self, manifest: dict[str, Any]) -> None:
+        """Say so when a checkpoint of another world size or strategy is resumed (resharded)."""
+        saved_world, saved_strategy = manifest.get("world_size"), manifest.get("parallelism", "ddp")
+        if saved_world == self.env.world_size and saved_strategy == self.strategy.name:
+            return
+        if self.env.is_main_process:
+            import sys
+
+            sys.stderr.write(
+                f"forgather: resharding checkpoint {manifest.get('step')} from {saved_strategy} on "
+                f"{saved_world} process(es) to {self.strategy.describe()} on {self.env.world_size}; "
+                "the data continues at the same sample; ranks the checkpoint lacked start a fresh RNG\n"
+            )
 
     # ------------------------------------------------------------------ control, logging, saving
 
@@ -581,6 +594,8 @@ class Trainer:
             rng_state=get_rng_state(),
             grad_scaler=self.grad_scaler,
             metrics=metrics,
+            tokenizer=self.processing_class,
+            strategy=self.strategy.name,
         )
         self._last_save_step = step
         self._dispatch("on_save", checkpoint_dir=str(path))
@@ -631,9 +646,6 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return nullcontext()
 
-    def _no_sync(self):
-        return self._ddp_model.no_sync() if self._ddp_model is not None else nullcontext()
-
     def _backward(self, loss: torch.Tensor) -> None:
         if self.grad_scaler is not None:
             loss = self.grad_scaler.scale(loss)
@@ -643,34 +655,34 @@ class Trainer:
         """Clip to `max_grad_norm` (or only measure when None); returns the norm before clipping."""
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.args.max_grad_norm is None:
-            return torch.nn.utils.get_total_norm([p.grad for p in params])
-        return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        return self.strategy.clip_gradients(self.model, self.args.max_grad_norm)
 
     # ------------------------------------------------------------------ saving the model
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Write the model (and tokenizer) as a loadable directory; rank 0 writes, all ranks wait.
 
-        Forgather models go through `forgather.ml.models.save:save_model_dir`; other models with
-        `save_pretrained` use it (and the processing class's); plain modules get `model.safetensors`.
+        Models with `save_pretrained` go through `forgather.ml.models.save:save_model_dir` (forgather
+        models also get their source); plain modules get `model.safetensors`.
         """
         output_dir = output_dir or self.args.output_dir
+        # Sharded strategies gather the full weights first (a collective every rank joins).
+        state = self.strategy.full_state_dict(self.model) if self.strategy.sharded else None
         if self.env.is_main_process:
             model = unwrap_model(self.model)
-            saver = _forgather_saver(model)
-            if saver is not None:
-                saver(model, output_dir, tokenizer=self.processing_class)
-            elif hasattr(model, "save_pretrained"):
-                model.save_pretrained(output_dir)
-                if hasattr(self.processing_class, "save_pretrained"):
-                    self.processing_class.save_pretrained(output_dir)
+            if hasattr(model, "save_pretrained"):
+                from forgather.ml.models.save import save_model_dir
+
+                save_model_dir(model, output_dir, tokenizer=self.processing_class, state_dict=state)
             else:
-                from safetensors.torch import save_model as save_safetensors
+                from safetensors.torch import save_file
 
                 Path(output_dir).mkdir(parents=True, exist_ok=True)
-                save_safetensors(model, str(Path(output_dir) / MODEL_FILE))
+                weights = state if state is not None else model.state_dict()
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                    str(Path(output_dir) / "model.safetensors"),
+                )
         self.env.barrier()
 
     def close(self) -> None:
@@ -713,15 +725,6 @@ def _first_parameter_name(factory: Callable) -> str | None:
     ):
         return _first_parameter_name(factory.func)  # a config `!partial`: look at its target
     return parameters[0].name if parameters else None
-
-
-def _forgather_saver(model: torch.nn.Module) -> Callable | None:
-    """`save_model_dir` for Forgather models (when the models package is importable), else None."""
-    try:
-        from forgather.ml.models.save import is_forgather_model, save_model_dir
-    except ImportError:
-        return None
-    return save_model_dir if is_forgather_model(model) else None
 
 
 __all__ = ["Trainer"]

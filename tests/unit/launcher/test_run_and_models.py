@@ -105,11 +105,36 @@ def test_a_checkpoint_ships_with_its_weights_only(tmp_path):
     source = model_source(root / "checkpoints" / "checkpoint-20")
     names = [name for _, name in source.files]
     assert names[-2:] == [
-        "checkpoints/checkpoint-20/model.safetensors",
         "checkpoints/checkpoint-20/manifest.json",
+        "checkpoints/checkpoint-20/model.safetensors",
     ]
     assert "checkpoints/checkpoint-20/optimizer.pt" not in names
     assert source.path_in("/m") == "/m/checkpoints/checkpoint-20" and source.name == "tiny"
+
+
+def test_a_sharded_checkpoint_ships_its_shards_and_config_but_no_optimizer(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-8"
+    for name in ("model/.metadata", "model/__0_0.distcp", "model/__1_0.distcp",
+                 "optimizer/.metadata", "optimizer/__0_0.distcp", "hf/config.json",
+                 "manifest.json", "scheduler.pt"):  # fmt: skip
+        (checkpoint / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkpoint / name).write_bytes(name.encode())
+    source = model_source(checkpoint)
+    assert [name for _, name in source.files] == [
+        f"checkpoints/checkpoint-8/{name}"
+        for name in (
+            "manifest.json",
+            "model/.metadata",
+            "model/__0_0.distcp",
+            "model/__1_0.distcp",
+            "hf/config.json",
+        )  # fmt: skip
+    ]
+    # Only its own run's directory counts: a config.json higher up is never used.
+    (tmp_path / "config.json").write_text("{}")
+    (checkpoint / "hf" / "config.json").unlink()
+    with pytest.raises(FglError, match="has no hf/config.json and its run no config.json"):
+        model_source(checkpoint)
 
 
 def test_the_digest_follows_the_content(tmp_path, monkeypatch):

@@ -56,8 +56,11 @@ def main() -> None:
         callbacks=callbacks,
     )
     trainer.train()
-    if options.weights and trainer.env.is_main_process:
-        torch.save(trainer.model.state_dict(), options.weights)
+    if options.weights:
+        # The whole model's weights (gathered from the shards under FSDP), written by rank 0.
+        weights = trainer.strategy.full_state_dict(trainer.model)
+        if trainer.env.is_main_process:
+            torch.save(weights, options.weights)
     trainer.close()
 
 

@@ -85,8 +85,8 @@ def test_save_writes_the_contract_layout_and_manifest(tmp_path):
     names = {p.name for p in path.iterdir()}
     assert names == {
         "manifest.json",
-        "model.safetensors",
-        "optimizer.pt",
+        "model",  # DCP directories: .metadata and this rank's __0_0.distcp
+        "optimizer",
         "scheduler.pt",
         "trainer_state.json",
         "data_state.pt",
@@ -100,6 +100,9 @@ def test_save_writes_the_contract_layout_and_manifest(tmp_path):
     assert set(manifest["versions"]) == {"forgather", "torch", "transformers"}
     for key in ("created", "config_digest", "git_sha", "image_digest"):
         assert key in manifest
+    assert {"model/.metadata", "model/__0_0.distcp", "optimizer/__0_0.distcp"} <= set(
+        manifest["files"]
+    )
     for name, info in manifest["files"].items():
         data = (path / name).read_bytes()
         assert info == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -181,16 +184,16 @@ def test_resolve_fails_loudly_without_checkpoints(tmp_path):
 
 def corrupt(path: Path, how: str) -> None:
     if how == "missing":
-        (path / "optimizer.pt").unlink()
+        (path / "optimizer" / "__0_0.distcp").unlink()
     elif how == "truncated":
         (path / "scheduler.pt").write_bytes(b"x")
     elif how == "flipped":
-        data = bytearray((path / "model.safetensors").read_bytes())
+        data = bytearray((path / "model" / "__0_0.distcp").read_bytes())
         data[-1] ^= 1
-        (path / "model.safetensors").write_bytes(bytes(data))
-    elif how == "world_size":
+        (path / "model" / "__0_0.distcp").write_bytes(bytes(data))
+    elif how == "legacy":
         manifest = read_manifest(path)
-        manifest["world_size"] = 2
+        manifest["format"] = "forgather-checkpoint/1"
         (path / "manifest.json").write_text(json.dumps(manifest))
     elif how == "incomplete":
         manifest = read_manifest(path)
@@ -201,11 +204,11 @@ def corrupt(path: Path, how: str) -> None:
 @pytest.mark.parametrize(
     ("how", "message"),
     [
-        ("missing", "missing file optimizer.pt"),
+        ("missing", "missing file optimizer/__0_0.distcp"),
         ("truncated", "scheduler.pt has 1 bytes"),
-        ("flipped", "model.safetensors is corrupt"),
-        ("world_size", "world size 2, this run has world size 1"),
-        ("incomplete", "incomplete checkpoint"),
+        ("flipped", "model/__0_0.distcp is corrupt"),
+        ("legacy", "loads for inference but cannot be resumed"),
+        ("incomplete", "incomplete"),
         ("other_model", "model_digest mismatch"),
     ],
 )

@@ -59,8 +59,13 @@ def test_data_state_is_checked_against_the_current_setup():
     sampler = ResumableDistributedSampler(20, seed=5)
     state = data_state_dict(DataPosition(epoch=2, batches_consumed=3), sampler, 4)
     assert check_data_state(state, sampler, 4) == DataPosition(2, 3)
-    with pytest.raises(ValueError, match="per_device_batch_size differs"):
+    # 12 samples consumed: not a whole number of batches of 8 ...
+    with pytest.raises(ValueError, match="12 samples into epoch 2 .* not a whole number"):
         check_data_state(state, sampler, 8)
+    # ... but 6 micro-batches of 2, or 3 per rank of 2 ranks x 2 (the same global batch).
+    assert check_data_state(state, sampler, 2) == DataPosition(2, 6)
+    two_ranks = ResumableDistributedSampler(20, seed=5, rank=1, world_size=2)
+    assert check_data_state(state, two_ranks, 2) == DataPosition(2, 3)
     with pytest.raises(ValueError, match="dataset_size differs"):
         check_data_state(state, ResumableDistributedSampler(21, seed=5), 4)
 

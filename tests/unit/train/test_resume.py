@@ -58,7 +58,7 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(straight, tmp_p
     root = tmp_path / "out" / "checkpoints"
 
     def half_written():
-        return any((p / "model.safetensors").exists() for p in root.glob(".tmp-checkpoint-8-*"))
+        return any((p / "model" / ".metadata").exists() for p in root.glob(".tmp-checkpoint-8-*"))
 
     process = launch(args, tmp_path / "killed.jsonl", env={STALL_ENV: "8"})
     kill_when(process, half_written)

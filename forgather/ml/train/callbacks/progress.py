@@ -68,7 +68,7 @@ def format_value(value: Any) -> str:
 
 def count_parameters(model: Any) -> tuple[int, int]:
     """(all parameters, trainable parameters), shared tensors counted once."""
-    from forgather.ml.train.metrics import unwrap_model
+    from forgather.ml.unwrap import unwrap_model
 
     model = unwrap_model(model)
     total = trainable = 0
@@ -83,11 +83,12 @@ def training_summary(args: Any, state: Any, model: Any = None) -> dict[str, Any]
     """What is trained, where and how much: shown by InfoCallback and written to TensorBoard."""
     info: dict[str, Any] = {}
     if model is not None:
-        from forgather.ml.train.metrics import model_device, unwrap_model
+        from forgather.ml.train.metrics import model_device
+        from forgather.ml.unwrap import model_class_name, unwrap_model
 
         inner = unwrap_model(model)
         total, trainable = count_parameters(inner)
-        info["model"] = type(inner).__name__
+        info["model"] = model_class_name(inner)
         info["parameters"] = total
         info["trainable_parameters"] = trainable
         device = model_device(inner)
@@ -95,6 +96,9 @@ def training_summary(args: Any, state: Any, model: Any = None) -> dict[str, Any]
             info["dtype"] = str(next(inner.parameters()).dtype).replace("torch.", "")
         info["device"] = _device_name(device)
     info["world_size"] = state.world_size
+    parallelism = getattr(args, "parallelism", "ddp")
+    if state.world_size > 1 or parallelism != "ddp":
+        info["parallelism"] = parallelism
     per_device = state.train_batch_size or getattr(args, "per_device_train_batch_size", None)
     if per_device:
         info["per_device_batch_size"] = per_device

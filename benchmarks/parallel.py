@@ -1,0 +1,183 @@
+"""Parallel strategies side by side: tokens/s and peak memory per rank, DDP vs FSDP2, same model.
+
+Each (strategy, processes) row is one torchrun job of this script in `--worker` mode: every rank
+builds the same Llama-shaped forgather model (seeded), trains it with forgather's `Trainer` on
+synthetic token blocks (no checkpoints, no eval) and times the optimizer steps after `--warmup`.
+Rank 0 writes one JSON line: tokens/s over all ranks, the loss, and each rank's peak memory
+(CUDA: `torch.cuda.max_memory_allocated`; CPU: the peak resident set of the process, which includes
+the Python runtime and torch's libraries, the same for every strategy). The table gives each row's
+ratio to DDP at the same process count. All rows see the same global batch per step.
+
+    python benchmarks/parallel.py                                  # CPU, tiny shape, 2 and 4 procs
+    python benchmarks/parallel.py --device cuda --shape 1b --nprocs 2 --seq-len 2048 --batch-size 4 --bf16
+
+On one GPU (`--nprocs 1`) FSDP has nothing to shard: run it on a machine with 2+ GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHAPES = {
+    # name: hidden, layers, heads, kv heads, ffn, vocab
+    "tiny": (256, 4, 4, 4, 768, 4096),
+    "110m": (768, 12, 12, 12, 2048, 32000),
+    "1b": (2048, 16, 32, 8, 8192, 32000),
+}
+
+
+def worker(options: argparse.Namespace) -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from forgather.ml.models.factory import build_model
+    from forgather.ml.train.args import TrainingArguments
+    from forgather.ml.train.trainer import Trainer
+
+    hidden, layers, heads, kv, ffn, vocab = SHAPES[options.shape]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = options.batch_size // world
+    samples = (options.warmup + options.steps) * options.batch_size
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randint(0, vocab, (samples, options.seq_len), generator=generator)
+    dataset = [{"input_ids": row} for row in data]
+
+    timings: list[float] = []
+
+    class Timer:
+        def on_step_end(self, args, state, control, **kwargs):
+            if options.device == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter())
+
+    def model_init():
+        torch.manual_seed(0)
+        return build_model(
+            preset="tiny_llama_4m",
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            intermediate_size=ffn,
+            vocab_size=vocab,
+            max_position_embeddings=max(options.seq_len, 2048),
+        )
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir,
+            per_device_train_batch_size=per_device,
+            max_steps=options.warmup + options.steps,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            logging_steps=10**6,
+            save_strategy="no",
+            eval_strategy="no",
+            parallelism=options.strategy,
+            bf16=options.bf16,
+            device=None if options.device == "cuda" else "cpu",
+            seed=0,
+        )
+        trainer = Trainer(
+            args=args, model_init=model_init, train_dataset=dataset, callbacks=[Timer()]
+        )
+        if options.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        measured = timings[-1] - timings[options.warmup - 1]
+        if options.device == "cuda":
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        loss = trainer.state.log_history[-1].get("train_loss")
+        peaks = trainer.env.gather_object(peak)
+        if trainer.env.is_main_process:
+            tokens = options.steps * options.batch_size * options.seq_len
+            record = {
+                "strategy": options.strategy,
+                "nproc": world,
+                "tokens_per_s": tokens / measured,
+                "step_s": measured / options.steps,
+                "peak_bytes": peaks,
+                "train_loss": loss,
+                "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            }
+            with open(options.result, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        trainer.close()
+
+
+def run_row(options: argparse.Namespace, strategy: str, nproc: int, result: Path) -> None:
+    command = [sys.executable]
+    if nproc > 1:
+        command += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += [
+        __file__, "--worker", "--strategy", strategy, "--result", str(result),
+        "--shape", options.shape, "--device", options.device, "--steps", str(options.steps),
+        "--warmup", str(options.warmup), "--batch-size", str(options.batch_size),
+        "--seq-len", str(options.seq_len), *(["--bf16"] if options.bf16 else []),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(options.threads)}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"{strategy} x {nproc} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", default="ddp", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--nprocs", default="2,4", help="process counts to compare (default 2,4)")
+    parser.add_argument("--strategies", default="ddp,fsdp")
+    parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch (samples/step)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="OMP threads per process (CPU)")
+    options = parser.parse_args()
+    if options.worker:
+        worker(options)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rows.jsonl"
+        for nproc in (int(n) for n in options.nprocs.split(",")):
+            for strategy in options.strategies.split(","):
+                print(f"running {strategy} x {nproc} ...", file=sys.stderr, flush=True)
+                run_row(options, strategy, nproc, result)
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+
+    print(
+        f"\n{options.shape} model ({rows[0]['parameters'] / 1e6:.1f}M parameters), {options.device}, "
+        f"global batch {options.batch_size} x {options.seq_len} tokens, {options.steps} steps"
+    )
+    header = f"{'strategy':<10}{'procs':>6}{'tokens/s':>12}{'vs ddp':>8}{'peak/rank MiB':>16}{'vs ddp':>8}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        base = next(r for r in rows if r["strategy"] == "ddp" and r["nproc"] == row["nproc"])
+        peak = max(row["peak_bytes"]) / 2**20
+        base_peak = max(base["peak_bytes"]) / 2**20
+        print(
+            f"{row['strategy']:<10}{row['nproc']:>6}{row['tokens_per_s']:>12.0f}"
+            f"{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}{peak:>16.0f}{peak / base_peak:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

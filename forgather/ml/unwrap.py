@@ -1,0 +1,34 @@
+"""The plain model under training wrappers, and its class name (one owner for both)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def unwrap_model(model: Any) -> Any:
+    """The model inside `torch.compile` and DDP-style (`.module`) wrappers.
+
+    FSDP2 shards a model in place (no wrapper), so a sharded model is returned as it is.
+    """
+    for _ in range(8):
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+            if not isinstance(inner, nn.Module) or hasattr(model, "config"):
+                return model
+        model = inner
+    return model
+
+
+def model_class_name(model: Any) -> str:
+    """The class name of the unwrapped model, without FSDP2's dynamic `FSDP<Name>` subclass."""
+    cls = type(unwrap_model(model))
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return cls.__name__
+    while issubclass(cls, FSDPModule) and cls is not FSDPModule:
+        cls = next(base for base in cls.__bases__ if base is not FSDPModule)
+    return cls.__name__

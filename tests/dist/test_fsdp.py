@@ -1,0 +1,118 @@
+"""FSDP2 on 2 processes (gloo, torchrun): the one-process results, sharded checkpoints that resume
+bit-exactly after kill -9, and checkpoints that reshard between strategies and world sizes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from forgather.ml.train.checkpoint import latest_checkpoint, read_manifest
+from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records, run
+
+pytestmark = pytest.mark.dist
+
+# The global batch is 8 per optimizer step either way (see test_ddp.py).
+SINGLE = {**RESUME_ARGS, "per_device_train_batch_size": 4}
+FSDP = {**RESUME_ARGS, "per_device_train_batch_size": 2, "parallelism": "fsdp"}
+DDP = {**RESUME_ARGS, "per_device_train_batch_size": 2}
+KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    run(
+        {**SINGLE, "output_dir": str(root / "single")},
+        root / "single.jsonl",
+        weights=root / "single.pt",
+    )
+    run(
+        {**FSDP, "output_dir": str(root / "fsdp")},
+        root / "fsdp.jsonl",
+        weights=root / "fsdp.pt",
+        nproc=2,
+    )
+    return root
+
+
+def records_after(path, step: int) -> list[dict]:
+    return [
+        {k: r[k] for k in KEYS if k in r}
+        for r in read_records(path)
+        if r["step"] > step and "train_runtime" not in r
+    ]
+
+
+def test_two_process_fsdp_matches_one_process(runs):
+    single, fsdp = read_records(runs / "single.jsonl"), read_records(runs / "fsdp.jsonl")
+    assert [r["step"] for r in single] == [r["step"] for r in fsdp]
+    assert len([r for r in fsdp if "loss" in r]) >= 10
+    for a, b in zip(single, fsdp, strict=True):
+        for key in ("loss", "grad_norm", "eval_loss", "learning_rate"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    wa = torch.load(runs / "single.pt", weights_only=True)
+    wb = torch.load(runs / "fsdp.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=5e-5), name
+
+
+def test_each_rank_writes_its_own_shards_listed_in_the_manifest(runs):
+    checkpoint = runs / "fsdp" / "checkpoints" / "checkpoint-12"
+    manifest = read_manifest(checkpoint)
+    assert (manifest["world_size"], manifest["parallelism"]) == (2, "fsdp")
+    for part in ("model", "optimizer"):
+        shards = {p.name for p in (checkpoint / part).glob("*.distcp")}
+        assert shards == {"__0_0.distcp", "__1_0.distcp"}, part
+        assert {f"{part}/{name}" for name in shards} <= set(manifest["files"])
+    # Sharded: each rank's model file holds about half of the weights.
+    sizes = [(checkpoint / "model" / f"__{r}_0.distcp").stat().st_size for r in (0, 1)]
+    assert max(sizes) < 0.75 * sum(sizes)
+    # The model's own class, not FSDP2's dynamic FSDPLlamaForCausalLM subclass.
+    assert manifest["model_class"] == "LlamaForCausalLM"
+    config = json.loads((checkpoint / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_fsdp_kill_9_then_resume_is_bit_exact(runs, tmp_path):
+    args = {**FSDP, "output_dir": str(tmp_path / "out")}
+    process = launch(args, tmp_path / "killed.jsonl", nproc=2, hang_after_save=8)
+    kill_when(process, (tmp_path / "out" / "hanging").exists)
+    assert latest_checkpoint(tmp_path / "out").name == "checkpoint-8"
+
+    run({**args, "resume_from_checkpoint": True}, tmp_path / "resumed.jsonl", nproc=2)
+    assert records_after(tmp_path / "resumed.jsonl", 8) == records_after(runs / "fsdp.jsonl", 8)
+
+
+def resume_elsewhere(runs, tmp_path, args: dict, nproc: int) -> tuple[str, dict, dict]:
+    """Resume the FSDP run's checkpoint 8 under `args` on `nproc` processes."""
+    source = runs / "fsdp" / "checkpoints" / "checkpoint-8"
+    shutil.copytree(source, tmp_path / "out" / "checkpoints" / "checkpoint-8")
+    output = run(
+        {**args, "output_dir": str(tmp_path / "out"), "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
+        nproc=nproc,
+    )
+    straight = {r["step"]: r for r in read_records(runs / "fsdp.jsonl") if "loss" in r}
+    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
+    return output, straight, resumed
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(runs, tmp_path):
+    output, straight, resumed = resume_elsewhere(runs, tmp_path, SINGLE, 1)
+    assert "resharding checkpoint 8 from fsdp on 2 process(es) to ddp on 1" in output
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+
+
+def test_fsdp_checkpoint_resumes_under_ddp(runs, tmp_path):
+    output, straight, resumed = resume_elsewhere(runs, tmp_path, DDP, 2)
+    assert "from fsdp on 2 process(es) to ddp on 2" in output
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
