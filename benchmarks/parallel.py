@@ -3,10 +3,14 @@
 Each (strategy, processes) row is one torchrun job of this script in `--worker` mode: every rank
 builds the same Llama-shaped forgather model (seeded), trains it with forgather's `Trainer` on
 synthetic token blocks (no checkpoints, no eval) and times the optimizer steps after `--warmup`.
-Rank 0 writes one JSON line: tokens/s over all ranks, the loss, and each rank's peak memory
-(CUDA: `torch.cuda.max_memory_allocated`; CPU: the peak resident set of the process, which includes
-the Python runtime and torch's libraries, the same for every strategy). The table gives each row's
-ratio to DDP at the same process count. All rows see the same global batch per step.
+Rank 0 writes one JSON line: tokens/s over all ranks, the loss, each rank's model state (its bytes
+of parameters, gradients and optimizer state: what FSDP shards) and each rank's peak memory
+over the measured steps (CUDA: `torch.cuda.max_memory_allocated`; CPU: the process's peak resident
+set, VmHWM reset after the warm-up, which includes the Python runtime and torch's libraries, about
+the same for every strategy). The table gives each row's
+ratio to DDP at the same process count, and for DDP and DiLoCo the bytes each rank all-reduces per
+optimizer step to stay in sync (DDP: its gradient buckets, counted by a communication hook; DiLoCo:
+its pseudo-gradients every `--sync-every` steps). All rows see the same global batch per step.
 
     python benchmarks/parallel.py                                  # CPU, tiny shape, 2 and 4 procs
     python benchmarks/parallel.py --device cuda --shape 1b --nprocs 2 --seq-len 2048 --batch-size 4 --bf16
@@ -31,9 +35,50 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     # name: hidden, layers, heads, kv heads, ffn, vocab
     "tiny": (256, 4, 4, 4, 768, 4096),
+    "40m": (512, 8, 8, 8, 1408, 32000),
     "110m": (768, 12, 12, 12, 2048, 32000),
     "1b": (2048, 16, 32, 8, 8192, 32000),
 }
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the kernel's RSS high-water mark (VmHWM)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory(device: str) -> int:
+    """Peak bytes since `reset_peak_memory`: CUDA allocated, or the process's peak resident set."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def local_bytes(tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def model_state_bytes(model, optimizer) -> int:
+    """This rank's bytes of parameters, gradients (as many as parameters during a step) and
+    optimizer state: what DDP replicates and FSDP shards (DiLoCo adds its outer state)."""
+    parameters = sum(local_bytes(p) for p in model.parameters())
+    states = sum(
+        local_bytes(value)
+        for state in optimizer.state.values()
+        for value in state.values()
+        if hasattr(value, "numel") and value.dim() > 0
+    )
+    return 2 * parameters + states
 
 
 def worker(options: argparse.Namespace) -> None:
@@ -53,12 +98,29 @@ def worker(options: argparse.Namespace) -> None:
     dataset = [{"input_ids": row} for row in data]
 
     timings: list[float] = []
+    sent = {"bytes": 0, "warmup": 0}
 
     class Timer:
         def on_step_end(self, args, state, control, **kwargs):
             if options.device == "cuda":
                 torch.cuda.synchronize()
             timings.append(time.perf_counter())
+            if state.global_step == options.warmup:  # measure the steady state, not the set-up
+                reset_peak_memory(options.device)
+                sent["warmup"] = sent["bytes"] + getattr(trainer.strategy, "bytes_reduced", 0)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            ddp = getattr(trainer.strategy, "_ddp", None)
+            if ddp is not None:  # count the bytes DDP all-reduces (its default hook, counted)
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+                    allreduce_hook,
+                )
+
+                def counting_hook(process_group, bucket):
+                    sent["bytes"] += bucket.buffer().numel() * bucket.buffer().element_size()
+                    return allreduce_hook(process_group, bucket)
+
+                ddp.register_comm_hook(None, counting_hook)
 
     def model_init():
         torch.manual_seed(0)
@@ -84,6 +146,7 @@ def worker(options: argparse.Namespace) -> None:
             save_strategy="no",
             eval_strategy="no",
             parallelism=options.strategy,
+            diloco_sync_every=options.sync_every,
             bf16=options.bf16,
             device=None if options.device == "cuda" else "cpu",
             seed=0,
@@ -91,16 +154,17 @@ def worker(options: argparse.Namespace) -> None:
         trainer = Trainer(
             args=args, model_init=model_init, train_dataset=dataset, callbacks=[Timer()]
         )
-        if options.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         trainer.train()
         measured = timings[-1] - timings[options.warmup - 1]
-        if options.device == "cuda":
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_memory(options.device)
+        total_sent = sent["bytes"] + getattr(trainer.strategy, "bytes_reduced", 0)
+        sync_bytes = (total_sent - sent["warmup"]) / options.steps
         loss = trainer.state.log_history[-1].get("train_loss")
         peaks = trainer.env.gather_object(peak)
+        extra = getattr(trainer.strategy, "extra_state_bytes", lambda: 0)()
+        states = trainer.env.gather_object(
+            model_state_bytes(trainer.model, trainer.optimizer) + extra
+        )
         if trainer.env.is_main_process:
             tokens = options.steps * options.batch_size * options.seq_len
             record = {
@@ -109,6 +173,8 @@ def worker(options: argparse.Namespace) -> None:
                 "tokens_per_s": tokens / measured,
                 "step_s": measured / options.steps,
                 "peak_bytes": peaks,
+                "state_bytes": states,
+                "sync_bytes_per_step": sync_bytes if options.strategy != "fsdp" else None,
                 "train_loss": loss,
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
             }
@@ -125,13 +191,22 @@ def run_row(options: argparse.Namespace, strategy: str, nproc: int, result: Path
         __file__, "--worker", "--strategy", strategy, "--result", str(result),
         "--shape", options.shape, "--device", options.device, "--steps", str(options.steps),
         "--warmup", str(options.warmup), "--batch-size", str(options.batch_size),
-        "--seq-len", str(options.seq_len), *(["--bf16"] if options.bf16 else []),
+        "--seq-len", str(options.seq_len), "--sync-every", str(options.sync_every),
+        *(["--bf16"] if options.bf16 else []),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(options.threads)}
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         sys.exit(f"{strategy} x {nproc} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def sync_column(row: dict, base: dict) -> str:
+    """MiB all-reduced per optimizer step for synchronisation, and the ratio to DDP's."""
+    sent, base_sent = row.get("sync_bytes_per_step"), base.get("sync_bytes_per_step")
+    if sent is None or not base_sent:
+        return f"{'-':>15}{'-':>8}"
+    return f"{sent / 2**20:>15.2f}{sent / base_sent:>8.3f}"
 
 
 def main() -> None:
@@ -142,7 +217,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--nprocs", default="2,4", help="process counts to compare (default 2,4)")
-    parser.add_argument("--strategies", default="ddp,fsdp")
+    parser.add_argument("--strategies", default="ddp,fsdp,diloco")
+    parser.add_argument("--sync-every", type=int, default=4, help="DiLoCo's H")
     parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch (samples/step)")
@@ -166,16 +242,24 @@ def main() -> None:
         f"\n{options.shape} model ({rows[0]['parameters'] / 1e6:.1f}M parameters), {options.device}, "
         f"global batch {options.batch_size} x {options.seq_len} tokens, {options.steps} steps"
     )
-    header = f"{'strategy':<10}{'procs':>6}{'tokens/s':>12}{'vs ddp':>8}{'peak/rank MiB':>16}{'vs ddp':>8}"
+    header = (
+        f"{'strategy':<10}{'procs':>6}{'tokens/s':>12}{'vs ddp':>8}"
+        f"{'state/rank MiB':>16}{'vs ddp':>8}{'peak RSS MiB':>14}{'vs ddp':>8}"
+        f"{'sync MiB/step':>15}{'vs ddp':>8}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         base = next(r for r in rows if r["strategy"] == "ddp" and r["nproc"] == row["nproc"])
         peak = max(row["peak_bytes"]) / 2**20
         base_peak = max(base["peak_bytes"]) / 2**20
+        state = max(row["state_bytes"]) / 2**20
+        base_state = max(base["state_bytes"]) / 2**20
         print(
             f"{row['strategy']:<10}{row['nproc']:>6}{row['tokens_per_s']:>12.0f}"
-            f"{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}{peak:>16.0f}{peak / base_peak:>8.2f}"
+            f"{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}"
+            f"{state:>16.0f}{state / base_state:>8.2f}{peak:>14.0f}{peak / base_peak:>8.2f}"
+            f"{sync_column(row, base)}"
         )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
-PARALLELISMS = ("ddp", "fsdp")
+PARALLELISMS = ("ddp", "fsdp", "diloco")
 FSDP_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -201,9 +201,9 @@ class TrainingArguments:
 
     # --- parallelism (docs/trainers/parallel.md) ---
     parallelism: str = "ddp"
-    """How the model is spread over the processes: "ddp" (every rank holds the whole model) or
-    "fsdp" (FSDP2: parameters, gradients and optimizer state sharded over the ranks). In one
-    process both train the plain model."""
+    """How the model is spread over the processes: "ddp" (every rank holds the whole model),
+    "fsdp" (FSDP2: parameters, gradients and optimizer state sharded over the ranks) or "diloco"
+    (workers train alone, averaging their progress every `diloco_sync_every` steps)."""
 
     fsdp_reshard_after_forward: bool = True
     """FSDP: free each block's gathered parameters after its forward (less memory, one more
@@ -216,6 +216,16 @@ class TrainingArguments:
     """FSDP: the dtype blocks compute in ("bfloat16", "float16", "float32"); gradients are reduced in
     float32 and the sharded master weights stay float32. None means bfloat16 when `bf16`, else
     float32."""
+
+    diloco_sync_every: int = 50
+    """DiLoCo: inner optimizer steps between synchronisations (H); the workers all-reduce once per
+    H steps. A save at a step that is not a multiple of H synchronises first."""
+
+    diloco_outer_lr: float = 0.7
+    """DiLoCo: learning rate of the outer SGD step on the averaged pseudo-gradient."""
+
+    diloco_outer_momentum: float = 0.9
+    """DiLoCo: Nesterov momentum of the outer step (0 turns momentum off)."""
 
     fsdp_replicate: int = 1
     """FSDP: HSDP replica groups. With R > 1 the world is an R x (world/R) mesh: parameters are
@@ -313,6 +323,9 @@ class TrainingArguments:
             f"must be None or one of {FSDP_DTYPES}",
         )
         require(self.fsdp_replicate >= 1, "fsdp_replicate", "must be >= 1")
+        require(self.diloco_sync_every >= 1, "diloco_sync_every", "must be >= 1")
+        require(self.diloco_outer_lr > 0, "diloco_outer_lr", "must be > 0")
+        require(0 <= self.diloco_outer_momentum < 1, "diloco_outer_momentum", "must be in [0, 1)")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -194,12 +194,13 @@ class CheckpointManager:
         grad_scaler: Any = None,
         metrics: dict[str, float] | None = None,
         tokenizer: Any = None,
-        strategy: str = "ddp",
+        strategy: Any = None,
     ) -> Path:
         """Write checkpoint `step` atomically (all ranks call this); returns its final path.
 
         `model` is the module the optimizer's parameters belong to (sharded or not, not a DDP
-        wrapper). A complete checkpoint of the same step already on disk is kept as it is.
+        wrapper); `strategy` (a `parallel.Strategy`, None for plain) decides how the optimizer
+        state is stored. A complete checkpoint of the same step already on disk is kept as it is.
         """
         final = self.dir / f"checkpoint-{step}"
         temp = self.dir / f".tmp-checkpoint-{step}-{self.owner_pid}"
@@ -217,7 +218,12 @@ class CheckpointManager:
         _dcp_save(get_model_state_dict(model), temp / MODEL_DIR)
         if os.environ.get(STALL_ENV) == str(step):
             time.sleep(3600)  # test hook: be killed in the middle of a write
-        _dcp_save(get_optimizer_state_dict(model, optimizer), temp / OPTIMIZER_DIR)
+        optimizer_state = (
+            strategy.optimizer_state_dict(model, optimizer)
+            if strategy is not None
+            else get_optimizer_state_dict(model, optimizer)
+        )
+        _dcp_save(optimizer_state, temp / OPTIMIZER_DIR)
         if self.rank == 0:
             _torch_save(lr_scheduler.state_dict(), temp / SCHEDULER_FILE)
             if grad_scaler is not None:
@@ -240,7 +246,7 @@ class CheckpointManager:
                 "step": step,
                 "epoch": epoch,
                 "world_size": self.world_size,
-                "parallelism": strategy,
+                "parallelism": strategy.name if strategy is not None else "ddp",
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "config_digest": self.metadata.get("config_digest"),
                 "model_digest": model_digest(model),
@@ -361,6 +367,7 @@ class CheckpointManager:
         lr_scheduler: Any = None,
         grad_scaler: Any = None,
         verify_hashes: bool = True,
+        strategy: Any = None,
     ) -> LoadedCheckpoint:
         """Check `path`, read every file, then load weights, optimizer, scheduler and scaler states.
 
@@ -393,7 +400,10 @@ class CheckpointManager:
         target = unwrap_model(model)
         steps = (
             ("model weights", lambda: load_model_weights(target, path / MODEL_DIR)),
-            ("optimizer state", lambda: optimizer and _load_optimizer(target, optimizer, path)),
+            (
+                "optimizer state",
+                lambda: optimizer and _load_optimizer(target, optimizer, path, strategy, manifest),
+            ),
             (
                 "scheduler state",
                 lambda: lr_scheduler and lr_scheduler.load_state_dict(scheduler_state),
@@ -444,17 +454,30 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike) -> 
     set_model_state_dict(model, state)
 
 
-def _load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    state = get_optimizer_state_dict(model, optimizer)  # initialises the state to load into
+def _load_optimizer(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    path: Path,
+    strategy: Any,
+    manifest: dict[str, Any],
+) -> None:
     saved = _dcp_keys(path / OPTIMIZER_DIR)
-    wanted = {key for key in _flatten_keys(state) if not key.startswith("param_groups")}
-    missing = sorted(k for k in wanted if k not in saved)
-    if missing:
-        raise ValueError(
-            f"the checkpoint's optimizer state lacks {missing[:3]} (another optimizer?)"
-        )
-    _dcp_load(state, path / OPTIMIZER_DIR)
-    set_optimizer_state_dict(model, optimizer, state)
+
+    def load(state: dict[str, Any]) -> None:
+        wanted = {key for key in _flatten_keys(state) if ".param_groups" not in f".{key}"}
+        missing = sorted(k for k in wanted if k not in saved)
+        if missing:
+            raise ValueError(
+                f"the checkpoint's optimizer state lacks {missing[:3]} (another optimizer?)"
+            )
+        _dcp_load(state, path / OPTIMIZER_DIR)
+
+    if strategy is None:
+        state = get_optimizer_state_dict(model, optimizer)  # initialises the state to load into
+        load(state)
+        set_optimizer_state_dict(model, optimizer, state)
+    else:
+        strategy.load_optimizer_state_dict(model, optimizer, load, manifest)
 
 
 def _flatten_keys(state: Any, prefix: str = "") -> list[str]:

@@ -273,6 +273,7 @@ class Trainer:
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+        self.strategy.after_optimizer_step(self.model, self.state.global_step + 1)
         self._dispatch("on_optimizer_step")
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -441,6 +442,7 @@ class Trainer:
                 optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler,
                 grad_scaler=self.grad_scaler,
+                strategy=self.strategy,
             )
             try:
                 self.position = check_data_state(
@@ -574,6 +576,7 @@ class Trainer:
         return False
 
     def _save_checkpoint(self) -> None:
+        self.strategy.before_save(self.model)
         step = self.state.global_step
         self._sync_tokens()
         metrics, improved = None, False
@@ -595,7 +598,7 @@ class Trainer:
             grad_scaler=self.grad_scaler,
             metrics=metrics,
             tokenizer=self.processing_class,
-            strategy=self.strategy.name,
+            strategy=self.strategy,
         )
         self._last_save_step = step
         self._dispatch("on_save", checkpoint_dir=str(path))
@@ -666,6 +669,7 @@ class Trainer:
         models also get their source); plain modules get `model.safetensors`.
         """
         output_dir = output_dir or self.args.output_dir
+        self.strategy.before_save(self.model)
         # Sharded strategies gather the full weights first (a collective every rank joins).
         state = self.strategy.full_state_dict(self.model) if self.strategy.sharded else None
         if self.env.is_main_process:

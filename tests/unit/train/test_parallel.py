@@ -16,12 +16,12 @@ pytestmark = pytest.mark.unit
 
 def test_an_unknown_parallelism_names_the_known_ones(tmp_path):
     with pytest.raises(
-        ValueError, match=r"parallelism must be one of \('ddp', 'fsdp'\), got 'fsdpp'"
+        ValueError, match=r"parallelism must be one of \('ddp', 'fsdp', 'diloco'\), got 'fsdpp'"
     ):
         TrainingArguments(output_dir=str(tmp_path), parallelism="fsdpp")
     with pytest.raises(ValueError, match="fsdp_param_dtype must be None or one of"):
         TrainingArguments(output_dir=str(tmp_path), fsdp_param_dtype="bf16")
-    assert set(STRATEGIES) == {"ddp", "fsdp"}
+    assert set(STRATEGIES) == {"ddp", "fsdp", "diloco"}
 
 
 def test_blocks_are_the_no_split_modules_or_the_longest_uniform_module_list():

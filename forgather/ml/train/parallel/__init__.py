@@ -1,7 +1,8 @@
 """Parallel training strategies: how the one `Trainer` loop spreads a model over processes.
 
 `trainer_args.parallelism` picks one: `ddp` (every rank holds the whole model; gradients are
-all-reduced) or `fsdp` (FSDP2: parameters, gradients and optimizer state sharded over the ranks).
+all-reduced), `fsdp` (FSDP2: parameters, gradients and optimizer state sharded over the ranks) or
+`diloco` (workers train alone and average their progress every H steps).
 A strategy prepares the model before the optimizer is built, wraps it for training, and says how to
 skip gradient synchronisation, clip gradients and gather the full weights; the loop, callbacks,
 logging, control and checkpoints stay the same for every strategy.
@@ -15,9 +16,14 @@ import torch
 
 from forgather.ml.train.parallel.base import Strategy
 from forgather.ml.train.parallel.ddp import DDPStrategy
+from forgather.ml.train.parallel.diloco import DiLoCoStrategy
 from forgather.ml.train.parallel.fsdp import FSDPStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "ddp": DDPStrategy,
+    "fsdp": FSDPStrategy,
+    "diloco": DiLoCoStrategy,
+}
 
 
 def make_strategy(args: Any, env: Any, device: torch.device) -> Strategy:
@@ -25,4 +31,11 @@ def make_strategy(args: Any, env: Any, device: torch.device) -> Strategy:
     return STRATEGIES[args.parallelism](args, env, device)
 
 
-__all__ = ["STRATEGIES", "DDPStrategy", "FSDPStrategy", "Strategy", "make_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "DDPStrategy",
+    "DiLoCoStrategy",
+    "FSDPStrategy",
+    "Strategy",
+    "make_strategy",
+]

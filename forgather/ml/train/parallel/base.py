@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 
 class Strategy:
@@ -47,6 +52,34 @@ class Strategy:
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The whole model's weights on rank 0 (None elsewhere); every rank must call it."""
         return model.state_dict() if self.env.is_main_process else None
+
+    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+        """Called on every rank after optimizer step `step` (1-based), before the LR step."""
+
+    def before_save(self, model: torch.nn.Module) -> None:
+        """Called on every rank before a checkpoint or the final model is written."""
+
+    def optimizer_state_dict(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """What a checkpoint stores of the optimizer (DCP, keyed by parameter name)."""
+        return get_optimizer_state_dict(model, optimizer)
+
+    def load_optimizer_state_dict(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        load: Callable[[dict[str, Any]], None],
+        manifest: dict[str, Any],
+    ) -> None:
+        """Fill a template of `optimizer_state_dict`'s shape with `load` and apply it."""
+        state = get_optimizer_state_dict(model, optimizer)  # also initialises lazy state
+        if manifest.get("parallelism") == "diloco":  # a DiLoCo checkpoint keeps every worker's
+            worker = self.env.rank % int(manifest.get("world_size") or 1)
+            load({f"worker{worker}": state})
+        else:
+            load(state)
+        set_optimizer_state_dict(model, optimizer, state)
 
     def describe(self) -> str:
         return self.name
