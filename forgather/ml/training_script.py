@@ -88,10 +88,16 @@ class TrainingScript:
                 results.update(self._final_eval() or self.trainer.evaluate() or {})
             if self.do_save:
                 self.trainer.save_model(self.save_dir)
+            # Every rank takes part: a model split over the ranks is gathered whole to rank 0.
+            whole = None
+            if self.sample_prompts and hasattr(self.trainer, "generation_model"):
+                whole = self.trainer.generation_model()
+            elif _is_rank_zero():
+                whole = getattr(self.trainer, "model", None)
             if _is_rank_zero():
                 self._report(results)
                 if self.sample_prompts:
-                    results["samples"] = self._samples()
+                    results["samples"] = self._samples(whole)
         finally:
             close = getattr(self.trainer, "close", None)
             if close is not None:
@@ -149,12 +155,9 @@ class TrainingScript:
             line += f"; {self.baseline_name} {value:.4f} nats/token: {verdict} it by {value - loss:+.4f}"
         print(line, flush=True)
 
-    def _samples(self) -> list[str]:
+    def _samples(self, model: Any) -> list[str]:
         import torch
 
-        model = getattr(self.trainer, "unwrapped_model", None) or getattr(
-            self.trainer, "model", None
-        )
         tokenizer = getattr(self.trainer, "processing_class", None)
         if model is None or tokenizer is None or not hasattr(model, "generate"):
             return []

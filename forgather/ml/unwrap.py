@@ -22,13 +22,31 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
-def model_class_name(model: Any) -> str:
-    """The class name of the unwrapped model, without FSDP2's dynamic `FSDP<Name>` subclass."""
+def plain_class(model: Any) -> type:
+    """The class of the unwrapped model, without FSDP2's dynamic `FSDP<Name>` subclass."""
     cls = type(unwrap_model(model))
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch without FSDP2
-        return cls.__name__
+        return cls
     while issubclass(cls, FSDPModule) and cls is not FSDPModule:
         cls = next(base for base in cls.__bases__ if base is not FSDPModule)
-    return cls.__name__
+    return cls
+
+
+def model_class_name(model: Any) -> str:
+    """The class name of the unwrapped model, without FSDP2's dynamic `FSDP<Name>` subclass."""
+    return plain_class(model).__name__
+
+
+def split_across_ranks(model: Any) -> str | None:
+    """How `model` is split over processes ("fsdp", "pipeline"), or None when this rank holds it
+    whole. A split model runs only with every rank taking part: it cannot generate on one rank."""
+    model = unwrap_model(model)
+    if getattr(model, "pipeline_stage", None):
+        return "pipeline"
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return None
+    return "fsdp" if isinstance(model, FSDPModule) else None

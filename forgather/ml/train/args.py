@@ -23,7 +23,15 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
-PARALLELISMS = ("ddp", "fsdp", "diloco")
+PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
+PIPELINE_SCHEDULES = (
+    "GPipe",
+    "1F1B",
+    "Interleaved1F1B",
+    "LoopedBFS",
+    "InterleavedZeroBubble",
+    "ZBV",
+)
 FSDP_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -202,8 +210,9 @@ class TrainingArguments:
     # --- parallelism (docs/trainers/parallel.md) ---
     parallelism: str = "ddp"
     """How the model is spread over the processes: "ddp" (every rank holds the whole model),
-    "fsdp" (FSDP2: parameters, gradients and optimizer state sharded over the ranks) or "diloco"
-    (workers train alone, averaging their progress every `diloco_sync_every` steps)."""
+    "fsdp" (FSDP2: parameters, gradients and optimizer state sharded over the ranks), "pipeline"
+    (the layers split into stages over the ranks) or "diloco" (workers train alone, averaging their
+    progress every `diloco_sync_every` steps)."""
 
     fsdp_reshard_after_forward: bool = True
     """FSDP: free each block's gathered parameters after its forward (less memory, one more
@@ -216,6 +225,15 @@ class TrainingArguments:
     """FSDP: the dtype blocks compute in ("bfloat16", "float16", "float32"); gradients are reduced in
     float32 and the sharded master weights stay float32. None means bfloat16 when `bf16`, else
     float32."""
+
+    pipeline_schedule: str = "1F1B"
+    """Pipeline: the schedule — "GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS",
+    "InterleavedZeroBubble" or "ZBV". The step's micro-batches are its `gradient_accumulation_steps`
+    micro-batches."""
+
+    pipeline_stages_per_rank: int | None = None
+    """Pipeline: stages each rank runs; None means 1 for GPipe and 1F1B, 2 for the interleaved,
+    looped and zero-bubble schedules (ZBV needs 2). World size x this must divide the layers."""
 
     diloco_sync_every: int = 50
     """DiLoCo: inner optimizer steps between synchronisations (H); the workers all-reduce once per
@@ -323,6 +341,16 @@ class TrainingArguments:
             f"must be None or one of {FSDP_DTYPES}",
         )
         require(self.fsdp_replicate >= 1, "fsdp_replicate", "must be >= 1")
+        require(
+            self.pipeline_schedule in PIPELINE_SCHEDULES,
+            "pipeline_schedule",
+            f"must be one of {PIPELINE_SCHEDULES}",
+        )
+        require(
+            self.pipeline_stages_per_rank is None or self.pipeline_stages_per_rank >= 1,
+            "pipeline_stages_per_rank",
+            "must be None or >= 1",
+        )
         require(self.diloco_sync_every >= 1, "diloco_sync_every", "must be >= 1")
         require(self.diloco_outer_lr > 0, "diloco_outer_lr", "must be > 0")
         require(0 <= self.diloco_outer_momentum < 1, "diloco_outer_momentum", "must be in [0, 1)")

@@ -249,7 +249,9 @@ class CheckpointManager:
                 "parallelism": strategy.name if strategy is not None else "ddp",
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "config_digest": self.metadata.get("config_digest"),
-                "model_digest": model_digest(model),
+                "model_digest": strategy.model_digest(model)
+                if strategy is not None
+                else model_digest(model),
                 "model_class": model_class_name(model),
                 "versions": _versions(),
                 "git_sha": self.metadata.get("git_sha"),
@@ -332,7 +334,11 @@ class CheckpointManager:
 
     # --- reading ---
     def check(
-        self, path: str | os.PathLike, model: torch.nn.Module, verify_hashes: bool = True
+        self,
+        path: str | os.PathLike,
+        model: torch.nn.Module,
+        verify_hashes: bool = True,
+        strategy: Any = None,
     ) -> dict:
         """The manifest of `path` after checking it fits this run; CheckpointError naming the cause."""
         path = Path(path)
@@ -344,7 +350,7 @@ class CheckpointManager:
                 f"{path}: format {LEGACY_FORMAT} (one model.safetensors) loads for inference but "
                 f"cannot be resumed; this trainer resumes {FORMAT} checkpoints"
             )
-        digest = model_digest(model)
+        digest = strategy.model_digest(model) if strategy is not None else model_digest(model)
         if manifest.get("model_digest") != digest:
             raise CheckpointError(
                 f"{path}: model_digest mismatch: the checkpoint belongs to another model "
@@ -379,7 +385,7 @@ class CheckpointManager:
         optimizer of another kind) raises CheckpointError naming it. Nothing on disk is changed.
         """
         path = Path(path)
-        manifest = self.check(path, model, verify_hashes)
+        manifest = self.check(path, model, verify_hashes, strategy)
         own_rng = path / rng_file(self.rank)
         try:
             scheduler_state = _torch_load(path / SCHEDULER_FILE)
@@ -399,14 +405,19 @@ class CheckpointManager:
             )
         target = unwrap_model(model)
         steps = (
-            ("model weights", lambda: load_model_weights(target, path / MODEL_DIR)),
+            (
+                "model weights",
+                lambda: load_model_weights(
+                    target, path / MODEL_DIR, partial=bool(getattr(strategy, "runs_steps", False))
+                ),
+            ),
             (
                 "optimizer state",
                 lambda: optimizer and _load_optimizer(target, optimizer, path, strategy, manifest),
             ),
             (
                 "scheduler state",
-                lambda: lr_scheduler and lr_scheduler.load_state_dict(scheduler_state),
+                lambda: lr_scheduler and _load_scheduler(lr_scheduler, scheduler_state, optimizer),
             ),
             (
                 "grad scaler state",
@@ -442,12 +453,18 @@ def _dcp_keys(directory: Path) -> set[str]:
     return set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
 
 
-def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike) -> None:
-    """Load the DCP weights in `directory` into `model` (sharded or not), every key matching."""
+def load_model_weights(
+    model: torch.nn.Module, directory: str | os.PathLike, partial: bool = False
+) -> None:
+    """Load the DCP weights in `directory` into `model` (sharded or not), every key matching.
+
+    `partial`: the model is one pipeline stage's part, so the checkpoint may hold more keys.
+    """
     directory = Path(directory)
     state = get_model_state_dict(model)
     saved = _dcp_keys(directory)
-    missing, unexpected = sorted(set(state) - saved), sorted(saved - set(state))
+    missing = sorted(set(state) - saved)
+    unexpected = [] if partial else sorted(saved - set(state))
     if missing or unexpected:
         raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     _dcp_load(state, directory)
@@ -474,10 +491,22 @@ def _load_optimizer(
 
     if strategy is None:
         state = get_optimizer_state_dict(model, optimizer)  # initialises the state to load into
-        load(state)
+        load({"state": state["state"]})
         set_optimizer_state_dict(model, optimizer, state)
     else:
         strategy.load_optimizer_state_dict(model, optimizer, load, manifest)
+
+
+def _load_scheduler(scheduler: Any, state: dict[str, Any], optimizer: Any) -> None:
+    """Restore the LR scheduler, and from it the learning rate of every param group (the
+    optimizer's param-group settings are not read from checkpoints, only its per-parameter state)."""
+    scheduler.load_state_dict(state)
+    last = getattr(scheduler, "get_last_lr", None)
+    if optimizer is not None and callable(last):
+        lrs = last()
+        if len(lrs) == len(optimizer.param_groups):
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
 
 
 def _flatten_keys(state: Any, prefix: str = "") -> list[str]:

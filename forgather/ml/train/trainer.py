@@ -161,7 +161,7 @@ class Trainer:
             train_batch_size=args.per_device_train_batch_size,
             effective_batch_size=args.per_device_train_batch_size
             * args.gradient_accumulation_steps
-            * self.env.world_size,
+            * self.strategy.data_parallel()[1],
             is_world_process_zero=self.env.is_main_process,
             is_local_process_zero=self.env.is_local_main_process,
             world_size=self.env.world_size,
@@ -253,6 +253,13 @@ class Trainer:
         """One optimizer step over a gradient-accumulation group; returns (mean loss, grad norm)."""
         self.wrapped_model.train()
         count = len(micro_batches)
+        if self.strategy.runs_steps:  # a pipeline schedule runs the micro-batches itself
+            step_loss = self.strategy.forward_backward(
+                micro_batches, self._logits_loss, self._autocast
+            )
+            for _ in range(count - 1):
+                self._dispatch("on_substep_end")
+            return self._optimizer_step(step_loss)
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             is_last = i == count - 1
@@ -264,7 +271,10 @@ class Trainer:
             step_loss += loss.detach()
             if not is_last:
                 self._dispatch("on_substep_end")
+        return self._optimizer_step(step_loss)
 
+    def _optimizer_step(self, step_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, step the optimizer and the LR schedule, zero the gradients."""
         self._dispatch("on_pre_optimizer_step")
         grad_norm = self._clip_gradients()
         self._last_lr = self.optimizer.param_groups[0]["lr"]
@@ -278,6 +288,12 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm
+
+    def _logits_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss from logits, for strategies that run the model themselves (pipeline)."""
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(logits, labels)
+        return causal_lm_loss(logits, labels)
 
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of one batch: labels are popped (default: the input ids), the model sees the rest."""
@@ -305,8 +321,13 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
         with torch.no_grad():
             for batch in self.eval_dataloader:
-                with self._autocast():
-                    loss = self.compute_loss(model, self._to_device(batch))
+                if self.strategy.runs_steps:
+                    loss = self.strategy.eval_loss(
+                        self._to_device(batch), self._logits_loss, self._autocast
+                    )
+                else:
+                    with self._autocast():
+                        loss = self.compute_loss(model, self._to_device(batch))
                 totals[0] += loss.double()
                 totals[1] += 1
         model.train(was_training)
@@ -338,11 +359,12 @@ class Trainer:
             raise TypeError(
                 "the train_dataset must be map-style (len and indexing) for exact resume"
             )
+        data_rank, data_world = self.strategy.data_parallel()
         self.train_sampler = ResumableDistributedSampler(
             len(self.train_dataset),
             seed=args.data_seed,
-            rank=env.rank,
-            world_size=env.world_size,
+            rank=data_rank,
+            world_size=data_world,
             shuffle=True,
             drop_last=args.dataloader_drop_last,
         )
@@ -526,6 +548,8 @@ class Trainer:
 
     def _sync_tokens(self) -> None:
         tokens = self.env.all_reduce(self._tokens_pending.clone())
+        # ranks that see the same data (pipeline stages) count the same tokens
+        tokens //= self.env.world_size // self.strategy.data_parallel()[1]
         self.state.num_input_tokens_seen += int(tokens.item())
         self._tokens_pending.zero_()
 
@@ -624,8 +648,8 @@ class Trainer:
         sampler = EvalBatchSampler(
             len(dataset),
             self.args.per_device_eval_batch_size,
-            rank=self.env.rank,
-            world_size=self.env.world_size,
+            rank=self.strategy.data_parallel()[0],
+            world_size=self.strategy.data_parallel()[1],
             max_batches=self.args.max_eval_steps,
         )
         return DataLoader(
@@ -674,6 +698,8 @@ class Trainer:
         state = self.strategy.full_state_dict(self.model) if self.strategy.sharded else None
         if self.env.is_main_process:
             model = unwrap_model(self.model)
+            if state is not None:
+                model = self.strategy.full_model(model, state)
             if hasattr(model, "save_pretrained"):
                 from forgather.ml.models.save import save_model_dir
 
@@ -688,6 +714,20 @@ class Trainer:
                     str(Path(output_dir) / "model.safetensors"),
                 )
         self.env.barrier()
+
+    def generation_model(self) -> torch.nn.Module | None:
+        """The whole model, for generating text on rank 0 (None on the other ranks).
+
+        Every rank must call it: under a strategy that splits the model (fsdp, pipeline) the
+        weights are gathered to rank 0 into a whole copy built from the model's config.
+        """
+        model = unwrap_model(self.model)
+        if not self.strategy.sharded or not self.env.is_distributed:
+            return model if self.env.is_main_process else None
+        state = self.strategy.full_state_dict(self.model)
+        if not self.env.is_main_process:
+            return None
+        return self.strategy.whole_model(model, state).to(self.device)
 
     def close(self) -> None:
         """Leave the process group (under torchrun); call once done with the trainer."""

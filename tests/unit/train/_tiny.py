@@ -26,6 +26,22 @@ def tiny_llama(hidden_size: int = 64):
     return LlamaForCausalLM(config)
 
 
+def tiny_forgather(hidden_size: int = 64, layers: int = 4):
+    """A forgather causal LM of the same size (tied embeddings): pipeline stages split it."""
+    from forgather.ml.models.factory import build_model
+
+    return build_model(
+        preset="tiny_llama_4m",
+        vocab_size=VOCAB,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=SEQ_LEN,
+    )
+
+
 class ProgressionDataset(torch.utils.data.Dataset):
     """Arithmetic progressions mod the vocabulary (random start, step 1-3): learnable in a few dozen steps."""
 
@@ -89,6 +105,7 @@ def launch(
     hang_after_save: int | None = None,
     weights: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
+    model: str = "llama",
 ):
     """Start `run_trainer` as its own process group (under torchrun when nproc > 1)."""
     import subprocess
@@ -109,6 +126,7 @@ def launch(
         command += ["--hang-after-save", str(hang_after_save)]
     if weights is not None:
         command += ["--weights", str(weights)]
+    command += ["--model", model]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("WORLD_SIZE", None)
     return subprocess.Popen(

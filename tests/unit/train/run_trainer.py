@@ -3,6 +3,7 @@ kill a run (`kill -9`) and resume it.
 
     python -m tests.unit.train.run_trainer --args '{"output_dir": "out", "max_steps": 12}' \
         --records out/log.jsonl [--weights w.pt] [--hang-after-save 8] [--samples 40] [--hidden 64]
+        [--model llama|forgather]
 
 `--hang-after-save K` makes the run sleep right after checkpoint K is written (a marker file
 `<output_dir>/hanging` appears), so a test can kill it at a known point.
@@ -19,7 +20,7 @@ import torch
 
 from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.trainer import Trainer
-from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
+from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_forgather, tiny_llama
 
 
 class HangAfterSave:
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--hang-after-save", type=int)
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--model", choices=("llama", "forgather"), default="llama")
     options = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -50,7 +52,9 @@ def main() -> None:
         callbacks.append(HangAfterSave(options.hang_after_save, Path(args.output_dir) / "hanging"))
     trainer = Trainer(
         args=args,
-        model_init=lambda: tiny_llama(options.hidden),
+        model_init=lambda: (tiny_forgather if options.model == "forgather" else tiny_llama)(
+            options.hidden
+        ),
         train_dataset=ProgressionDataset(options.samples, seed=1),
         eval_dataset=ProgressionDataset(16, seed=2),
         callbacks=callbacks,

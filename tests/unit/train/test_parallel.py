@@ -9,19 +9,22 @@ from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.parallel import STRATEGIES, make_strategy
 from forgather.ml.train.parallel.fsdp import FSDPSetupError, transformer_blocks
 from forgather.ml.train.trainer import Trainer
-from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
+from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_forgather, tiny_llama
 
 pytestmark = pytest.mark.unit
 
 
 def test_an_unknown_parallelism_names_the_known_ones(tmp_path):
     with pytest.raises(
-        ValueError, match=r"parallelism must be one of \('ddp', 'fsdp', 'diloco'\), got 'fsdpp'"
+        ValueError,
+        match=r"parallelism must be one of \('ddp', 'fsdp', 'pipeline', 'diloco'\), got 'fsdpp'",
     ):
         TrainingArguments(output_dir=str(tmp_path), parallelism="fsdpp")
     with pytest.raises(ValueError, match="fsdp_param_dtype must be None or one of"):
         TrainingArguments(output_dir=str(tmp_path), fsdp_param_dtype="bf16")
-    assert set(STRATEGIES) == {"ddp", "fsdp", "diloco"}
+    assert set(STRATEGIES) == {"ddp", "fsdp", "pipeline", "diloco"}
+    with pytest.raises(ValueError, match="pipeline_schedule must be one of"):
+        TrainingArguments(output_dir=str(tmp_path), pipeline_schedule="1f1b")
 
 
 def test_blocks_are_the_no_split_modules_or_the_longest_uniform_module_list():
@@ -72,3 +75,48 @@ def test_fsdp_in_one_process_trains_exactly_like_ddp(tmp_path):
         trainer.train()
         losses[name] = recorder.step_losses()
     assert losses["fsdp"] == losses["ddp"] and len(losses["ddp"]) == 4
+
+
+def test_pipeline_splits_forgather_models_only_and_checks_the_schedule(tmp_path):
+    from forgather.ml.train.parallel.pipeline import PipelineSetupError, layer_ranges, stage_ids
+
+    args = TrainingArguments(output_dir=str(tmp_path), parallelism="pipeline", max_steps=1)
+    trainer = Trainer(args=args, model=tiny_llama(), train_dataset=ProgressionDataset(8))
+    with pytest.raises(PipelineSetupError, match="splits forgather causal LMs .* LlamaForCausalLM"):
+        trainer.train()
+    with pytest.raises(PipelineSetupError, match="runs one stage per rank"):
+        make_strategy(
+            TrainingArguments(
+                output_dir=str(tmp_path), parallelism="pipeline", pipeline_stages_per_rank=2
+            ),
+            trainer.env,
+            torch.device("cpu"),
+        )
+    with pytest.raises(PipelineSetupError, match="6 pipeline stages do not divide the model's 4"):
+        layer_ranges(4, 6)
+    assert layer_ranges(4, 2) == [range(0, 2), range(2, 4)]
+    # Looped stages (interleaved schedules) and the V of ZBV: the last stage back on rank 0.
+    assert [stage_ids(r, 2, 2, "loop") for r in (0, 1)] == [[0, 2], [1, 3]]
+    assert [stage_ids(r, 2, 2, "v") for r in (0, 1)] == [[0, 3], [1, 2]]
+
+
+def test_pipeline_in_one_process_trains_the_plain_model_like_ddp(tmp_path):
+    losses = {}
+    for name in ("ddp", "pipeline"):
+        recorder = Recorder()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / name),
+            parallelism=name,
+            max_steps=3,
+            logging_steps=1,
+            per_device_train_batch_size=4,
+            device="cpu",
+        )
+        Trainer(
+            args=args,
+            model_init=tiny_forgather,
+            train_dataset=ProgressionDataset(16, seed=1),
+            callbacks=[recorder],
+        ).train()
+        losses[name] = recorder.step_losses()
+    assert losses["pipeline"] == losses["ddp"] and len(losses["ddp"]) == 3

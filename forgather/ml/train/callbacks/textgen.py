@@ -112,6 +112,7 @@ class TextSampleCallback(TrainerCallback):
         self.output = output
         self.seed = seed
         self._generate_failed = False
+        self._split_noted = False
         self.last_samples: list[dict[str, str]] = []
 
     # ---- generation ----
@@ -201,6 +202,19 @@ class TextSampleCallback(TrainerCallback):
                 "TextSampleCallback needs the model and processing_class (tokenizer) kwargs",
                 stacklevel=3,
             )
+            return
+        from forgather.ml.unwrap import split_across_ranks
+
+        split = split_across_ranks(model)
+        if split is not None:  # rank 0 alone cannot run a model split over the ranks
+            if not self._split_noted:
+                self._split_noted = True
+                print(
+                    f"samples during training are skipped: the model is split over the ranks "
+                    f"({split}); the training script samples from the whole model at the end",
+                    file=self.output if self.output is not None else sys.stdout,
+                    flush=True,
+                )
             return
         samples = self.generate_samples(model, tokenizer, state.global_step)
         self.last_samples = samples

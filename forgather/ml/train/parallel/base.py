@@ -25,6 +25,8 @@ class Strategy:
     name = "single"
     #: Whether each rank holds only a shard of the weights (then `full_state_dict` gathers them).
     sharded = False
+    #: Whether the strategy runs a step's forward and backward itself (`forward_backward`).
+    runs_steps = False
 
     def __init__(self, args: Any, env: Any, device: torch.device):
         self.args = args
@@ -49,6 +51,36 @@ class Strategy:
             [p for p in model.parameters() if p.grad is not None], max_norm
         )
 
+    def data_parallel(self) -> tuple[int, int]:
+        """(rank, size) of this process among those that read different data."""
+        return self.env.rank, self.env.world_size
+
+    def model_digest(self, model: torch.nn.Module) -> str:
+        """The digest of the whole model (names, shapes, dtypes), as checkpoints record it."""
+        from forgather.ml.train.checkpoint import model_digest
+
+        return model_digest(model)
+
+    def full_model(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A module to save with `full_state_dict`'s weights (rank 0): the model itself here."""
+        return model
+
+    def whole_model(
+        self, model: torch.nn.Module, state: dict[str, torch.Tensor]
+    ) -> torch.nn.Module:
+        """A new, unsplit model of `model`'s class and config holding `state` (rank 0)."""
+        from forgather.ml.unwrap import plain_class
+
+        whole = plain_class(model)(model.config)
+        missing, unexpected = whole.load_state_dict(state, strict=False)
+        tied = getattr(whole, "_tied_weights_keys", None) or []
+        if [k for k in missing if k not in tied] or unexpected:
+            raise RuntimeError(
+                f"gathered weights do not fit {type(whole).__name__}: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
+        return whole
+
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The whole model's weights on rank 0 (None elsewhere); every rank must call it."""
         return model.state_dict() if self.env.is_main_process else None
@@ -72,13 +104,19 @@ class Strategy:
         load: Callable[[dict[str, Any]], None],
         manifest: dict[str, Any],
     ) -> None:
-        """Fill a template of `optimizer_state_dict`'s shape with `load` and apply it."""
+        """Fill a template of `optimizer_state_dict`'s shape with `load` and apply it.
+
+        Only the per-parameter state is read; the param groups' settings stay this run's (their
+        learning rates come back with the LR scheduler's state). So any strategy's checkpoint loads,
+        whichever parameters each of its ranks held.
+        """
         state = get_optimizer_state_dict(model, optimizer)  # also initialises lazy state
+        template = {"state": state["state"]}
         if manifest.get("parallelism") == "diloco":  # a DiLoCo checkpoint keeps every worker's
             worker = self.env.rank % int(manifest.get("world_size") or 1)
-            load({f"worker{worker}": state})
+            load({f"worker{worker}": template})
         else:
-            load(state)
+            load(template)
         set_optimizer_state_dict(model, optimizer, state)
 
     def describe(self) -> str:

@@ -127,14 +127,15 @@ class DiLoCoStrategy(Strategy):
             self._adopt_weights(manifest)
             return
         worker = f"worker{self.env.rank % int(manifest.get('world_size') or 1)}"
-        template: dict[str, Any] = {worker: get_optimizer_state_dict(model, optimizer)}
+        inner = get_optimizer_state_dict(model, optimizer)
+        template: dict[str, Any] = {worker: {"state": inner["state"]}}
         if self.args.diloco_outer_momentum > 0:
             template["outer"] = {
                 name: {"momentum_buffer": torch.zeros_like(tensor)}
                 for name, tensor in zip(self._names, self._global, strict=True)
             }
         load(template)
-        set_optimizer_state_dict(model, optimizer, template[worker])
+        set_optimizer_state_dict(model, optimizer, inner)
         for name, tensor in zip(self._names, self._global, strict=True):
             if "outer" in template:
                 self._outer.state[tensor]["momentum_buffer"] = template["outer"][name][

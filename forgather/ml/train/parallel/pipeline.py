@@ -1,0 +1,360 @@
+"""`parallelism: pipeline`: the layers split into stages, one or more per rank, run by a schedule.
+
+The model's decoder layers are cut into `world × pipeline_stages_per_rank` equal ranges (a stage
+count that does not divide the layers is refused); the first stage also holds the embeddings, the
+last the final norm and the head. Each rank builds the model, keeps only its stages' modules (the
+others are dropped before the optimizer is made, so it holds only its share of the weights and
+optimizer state) and runs `torch.distributed.pipelining` with the chosen schedule. The
+gradient-accumulation micro-batches of an optimizer step are the pipeline's micro-batches.
+
+Parameter names stay those of the whole model (layers live in a `ModuleDict` keyed by their
+original index), so checkpoints are interchangeable with every other strategy. Tied input and output
+embeddings stay tied: the first and last stages each hold the weight, start equal, and add their
+gradients before every optimizer step. Every rank sees the whole batch (pipeline ranks do not split
+the data); each micro-batch's position ids and attention mask travel with its hidden states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from forgather.errors import ForgatherError
+from forgather.ml.train.parallel.base import Strategy
+
+# name: (torch class, stage layout): "single" one stage per rank; "loop" stage r, r+W, r+2W, ...;
+# "v" stages r and 2W-1-r (a V: the first and last stage on rank 0).
+SCHEDULES = {
+    "GPipe": ("ScheduleGPipe", "single"),
+    "1F1B": ("Schedule1F1B", "single"),
+    "Interleaved1F1B": ("ScheduleInterleaved1F1B", "loop"),
+    "LoopedBFS": ("ScheduleLoopedBFS", "loop"),
+    "InterleavedZeroBubble": ("ScheduleInterleavedZeroBubble", "loop"),
+    "ZBV": ("ScheduleZBVZeroBubble", "v"),
+}
+
+
+class PipelineSetupError(ForgatherError):
+    """The model or the schedule cannot be split into pipeline stages as asked."""
+
+
+def stage_ids(rank: int, world: int, per_rank: int, layout: str) -> list[int]:
+    """The pipeline stages rank `rank` runs."""
+    if layout == "v":
+        return [rank, 2 * world - 1 - rank]
+    return [rank + k * world for k in range(per_rank)]
+
+
+def layer_ranges(num_layers: int, num_stages: int) -> list[range]:
+    """Equal, consecutive layer ranges, one per stage."""
+    if num_layers % num_stages:
+        raise PipelineSetupError(
+            f"{num_stages} pipeline stages do not divide the model's {num_layers} layers: use a "
+            "world size (x pipeline_stages_per_rank) that divides the layers"
+        )
+    size = num_layers // num_stages
+    return [range(i * size, (i + 1) * size) for i in range(num_stages)]
+
+
+class StageModule(nn.Module):
+    """One stage of a forgather causal LM: its layers, plus the embeddings (first stage) or the
+    final norm and head (last). Registers only its own modules, so the schedule clears exactly this
+    stage's gradients.
+
+    Takes (input ids or hidden states, position ids, attention mask) and passes the position ids and
+    mask on with its hidden states, so every stage masks each micro-batch's documents as the whole
+    model would; the last stage returns the logits.
+    """
+
+    def __init__(self, lm: nn.Module, layers: list[int], first: bool, last: bool):
+        super().__init__()
+        inner = lm.model
+        self.config = lm.config
+        self.first, self.last = first, last
+        self.embed_tokens = inner.embed_tokens if first else None
+        self.absolute_positions = inner.absolute_positions if first else None
+        self.dropout = inner.dropout
+        self.layers = nn.ModuleList(inner.layers[str(i)] for i in layers)
+        self.norm = inner.norm if last else None
+        self.lm_head = lm.lm_head if last else None
+        self.rotary = inner.rotary
+        self._checkpointing = inner.gradient_checkpointing
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from torch.utils.checkpoint import checkpoint
+
+        from forgather.ml.models.transformer.attention import build_attention_mask
+
+        batch, length = x.shape[:2]
+        if self.first:
+            hidden = self.embed_tokens(x)
+            if self.config.embedding_scale is not None:
+                hidden = hidden * self.config.embedding_scale
+            if self.absolute_positions is not None:
+                hidden = hidden + self.absolute_positions(position_ids, hidden.dtype)
+            hidden = self.dropout(hidden)
+        else:
+            hidden = x
+        mask = build_attention_mask((batch, length), 0, x.device, attention_mask, position_ids)
+        rotary = self.rotary(position_ids) if self.rotary is not None else None
+        recompute = self._checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if recompute:
+                hidden, _ = checkpoint(
+                    layer.__call__, hidden, rotary, mask, None, False, use_reentrant=False
+                )
+            else:
+                hidden, _ = layer(hidden, rotary, mask, None, False)
+        if self.last:
+            return self.lm_head(self.norm(hidden))
+        return hidden, position_ids, attention_mask
+
+
+def _is_forgather_lm(model: nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    return (
+        getattr(getattr(model, "config", None), "model_type", None) == "forgather-causal-lm"
+        and isinstance(getattr(inner, "layers", None), nn.ModuleList)
+        and hasattr(model, "lm_head")
+    )
+
+
+class PipelineStrategy(Strategy):
+    """Pipeline stages over all ranks with a `torch.distributed.pipelining` schedule."""
+
+    name = "pipeline"
+    sharded = True
+    runs_steps = True  # the schedule runs forward and backward of a step, not the trainer
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        schedule = self.args.pipeline_schedule
+        self.schedule_class, self.layout = SCHEDULES[schedule]
+        per_rank = self.args.pipeline_stages_per_rank
+        if per_rank is None:
+            per_rank = 1 if self.layout == "single" else 2
+        if self.layout == "single" and per_rank != 1:
+            raise PipelineSetupError(
+                f"pipeline_schedule={schedule} runs one stage per rank; "
+                f"pipeline_stages_per_rank={per_rank} needs Interleaved1F1B, LoopedBFS, "
+                "InterleavedZeroBubble or ZBV"
+            )
+        if self.layout == "v" and per_rank != 2:
+            raise PipelineSetupError("pipeline_schedule=ZBV runs exactly 2 stages per rank")
+        self.per_rank = per_rank
+        self.num_stages = self.env.world_size * per_rank
+        self.my_stages = stage_ids(self.env.rank, self.env.world_size, per_rank, self.layout)
+        self._stage_modules: list[StageModule] = []
+        self._schedules: dict[int, Any] = {}
+        self._tie_group = None
+        self._tied: nn.Parameter | None = None
+        self._count_tied_here = True
+        self._digest: str | None = None
+        self.loss_fn = None
+
+    def describe(self) -> str:
+        return (
+            f"pipeline ({self.args.pipeline_schedule}, {self.num_stages} stages, "
+            f"stages {self.my_stages} on rank {self.env.rank})"
+        )
+
+    def data_parallel(self) -> tuple[int, int]:
+        return 0, 1  # every pipeline rank sees the whole batch
+
+    def holds_first(self) -> bool:
+        return 0 in self.my_stages
+
+    def holds_last(self) -> bool:
+        return self.num_stages - 1 in self.my_stages
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if not _is_forgather_lm(model):
+            raise PipelineSetupError(
+                f"parallelism=pipeline splits forgather causal LMs (ForgatherForCausalLM) by layer "
+                f"ranges; {type(model).__name__} is not one"
+            )
+        from forgather.ml.train.checkpoint import model_digest
+
+        self._digest = model_digest(model)  # of the whole model, before it is cut
+        inner = model.model
+        ranges = layer_ranges(len(inner.layers), self.num_stages)
+        if not self.env.is_distributed:  # one process, one stage: the plain model
+            self.runs_steps = self.sharded = False
+            return model
+        tied = model.lm_head.weight is inner.embed_tokens.weight
+        if tied and self.env.is_distributed:
+            self._setup_tied_weights(model)
+        mine = sorted(i for stage in self.my_stages for i in ranges[stage])
+        inner.layers = nn.ModuleDict({str(i): inner.layers[i] for i in mine})
+        first, last = self.holds_first(), self.holds_last()
+        if not first:
+            inner.embed_tokens = None
+        if not last:
+            inner.norm = None
+            model.lm_head = None
+        if last and not first and tied:  # keep the last stage's copy a parameter of its own
+            model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+        if tied and (first or last):
+            self._tied = inner.embed_tokens.weight if first else model.lm_head.weight
+        model.pipeline_stage = self.describe()  # callbacks that need the whole model look here
+        self._model = model
+        self._stage_modules = [
+            StageModule(
+                model,
+                list(ranges[stage]),
+                first=stage == 0,
+                last=stage == self.num_stages - 1,
+            )
+            for stage in self.my_stages
+        ]
+        return model
+
+    def _setup_tied_weights(self, model: nn.Module) -> None:
+        """A group of the ranks holding the first and the last stage (every rank must join)."""
+        world = self.env.world_size
+        first_rank = next(
+            r for r in range(world) if 0 in stage_ids(r, world, self.per_rank, self.layout)
+        )
+        last_rank = next(
+            r
+            for r in range(world)
+            if self.num_stages - 1 in stage_ids(r, world, self.per_rank, self.layout)
+        )
+        if first_rank != last_rank:
+            group = dist.new_group(sorted({first_rank, last_rank}))
+            if self.env.rank in (first_rank, last_rank):
+                self._tie_group = group
+            # the tied weight counts once in the gradient norm: on the first stage's rank
+            self._count_tied_here = self.env.rank == first_rank
+
+    def _schedule(self, n: int, train: bool):
+        """The schedule for `n` micro-batches (evaluation gets its own: some schedules keep
+        per-stage state that a forward-only run would change)."""
+        key = (n, train)
+        if key not in self._schedules:
+            from torch.distributed.pipelining import PipelineStage, schedules
+
+            stages = [
+                PipelineStage(module, stage, self.num_stages, self.device)
+                for module, stage in zip(self._stage_modules, self.my_stages, strict=True)
+            ]
+            cls = getattr(schedules, self.schedule_class)
+            target = stages[0] if self.layout == "single" else stages
+            try:
+                self._schedules[key] = cls(
+                    target, n_microbatches=n, loss_fn=self._loss, scale_grads=False
+                )
+            except (ValueError, RuntimeError) as error:
+                raise PipelineSetupError(
+                    f"pipeline_schedule={self.args.pipeline_schedule} with {n} micro-batches per "
+                    f"step (gradient_accumulation_steps) and {self.num_stages} stages: {error}"
+                ) from None
+            if train:
+                self._n = n
+        return self._schedules[key]
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # each micro-batch's loss is divided by their number: the step's loss is their mean
+        return self.loss_fn(logits, labels) / self._current_n
+
+    def _run(self, batch: dict[str, Any], n: int, train: bool) -> torch.Tensor:
+        self._current_n = n
+        schedule = self._schedule(n, train)
+        ids = batch["input_ids"]
+        labels = batch.get("labels")
+        if labels is None:
+            labels = ids
+        positions = batch.get("position_ids")
+        if positions is None:
+            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        args = (ids, positions.contiguous(), mask) if self.holds_first() else ()
+        target = labels if self.holds_last() else None
+        losses: list[torch.Tensor] = []
+        if train:
+            schedule.step(*args, target=target, losses=losses, return_outputs=False)
+        else:
+            schedule.eval(*args, target=target, losses=losses)
+        loss = torch.zeros((), device=self.device)
+        if losses:
+            loss = torch.stack([x.detach().float() for x in losses]).sum()
+        # the loss exists on the last stage's rank: make every rank hold it
+        return self.env.all_reduce(loss)
+
+    def forward_backward(
+        self, micro_batches: list[dict[str, Any]], loss_fn: Any, autocast: Any
+    ) -> torch.Tensor:
+        """Forward and backward of one optimizer step; returns the step's mean loss on every rank."""
+        self.loss_fn = loss_fn
+        batch = {
+            key: torch.cat([mb[key] for mb in micro_batches])
+            for key in micro_batches[0]
+            if isinstance(micro_batches[0][key], torch.Tensor)
+        }
+        for module in self._stage_modules:
+            module.train()
+        with autocast():
+            loss = self._run(batch, len(micro_batches), train=True)
+        if self._tie_group is not None and self._tied.grad is not None:
+            dist.all_reduce(self._tied.grad, group=self._tie_group)
+        return loss
+
+    def eval_loss(self, batch: dict[str, Any], loss_fn: Any, autocast: Any) -> torch.Tensor:
+        """The mean loss of an evaluation batch on every rank (split into micro-batches)."""
+        self.loss_fn = loss_fn
+        n = min(getattr(self, "_n", self.args.gradient_accumulation_steps), len(batch["input_ids"]))
+        for module in self._stage_modules:
+            module.eval()
+        if self.layout == "v":
+            # torch's ZBV schedule has no forward-only run (its eval() trips over its own backward
+            # actions): evaluate with a training run and drop the gradients it leaves.
+            with torch.enable_grad(), autocast():
+                loss = self._run(batch, n, train=True)
+            for module in self._stage_modules:
+                module.zero_grad(set_to_none=True)
+            return loss
+        with torch.no_grad(), autocast():
+            return self._run(batch, n, train=False)
+
+    def clip_gradients(self, model: nn.Module, max_norm: float | None) -> torch.Tensor:
+        """The norm over all stages' gradients (the tied weight counted once); clip to it."""
+        grads = [
+            p.grad
+            for p in model.parameters()
+            if p.grad is not None and (self._count_tied_here or p is not self._tied)
+        ]
+        local = (
+            torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+            if grads
+            else torch.zeros((), device=self.device)
+        )
+        norm = self.env.all_reduce(local).sqrt()
+        if max_norm is not None:
+            coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.detach().mul_(coefficient.to(p.grad.device))
+        return norm
+
+    def model_digest(self, model: nn.Module) -> str:
+        return self._digest
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        own = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        parts = self.env.gather_object(own)
+        if not self.env.is_main_process:
+            return None
+        merged: dict[str, torch.Tensor] = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+
+    def full_model(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+        return self.whole_model(model, state)  # a stage cannot save the whole model itself

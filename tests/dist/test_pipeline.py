@@ -1,0 +1,152 @@
+"""Pipeline parallelism on 2 and 4 processes (gloo, torchrun): every schedule gives the one-process
+results, checkpoints resume bit-exactly after kill -9 and reshard into FSDP, bad splits are refused.
+
+The model is a 4-layer forgather causal LM with tied embeddings, so the first and last stages hold
+one weight between them.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from forgather.ml.train.checkpoint import latest_checkpoint, read_manifest
+from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records, run
+
+pytestmark = pytest.mark.dist
+
+# The global batch is 8 per optimizer step: 2 micro-batches of 4, one whole batch on every
+# pipeline rank (the pipeline's micro-batches are the gradient-accumulation micro-batches).
+SINGLE = {**RESUME_ARGS, "per_device_train_batch_size": 4}
+PIPELINE = {**SINGLE, "parallelism": "pipeline"}
+KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    run(
+        {**SINGLE, "output_dir": str(root / "single")},
+        root / "single.jsonl",
+        weights=root / "single.pt",
+        model="forgather",
+    )
+    return root
+
+
+def assert_same_run(root, name: str, rel: float = 1e-5) -> None:
+    single, other = read_records(root / "single.jsonl"), read_records(root / f"{name}.jsonl")
+    assert [r["step"] for r in single] == [r["step"] for r in other]
+    assert len([r for r in other if "loss" in r]) >= 10
+    for a, b in zip(single, other, strict=True):
+        for key in ("loss", "grad_norm", "eval_loss", "learning_rate"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-6), (name, a["step"], key)
+        if "tokens" in a:
+            assert a["tokens"] == b["tokens"], name
+    wa = torch.load(root / "single.pt", weights_only=True)
+    wb = torch.load(root / f"{name}.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=5e-5), (name, key)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBV"],
+)
+def test_every_schedule_on_two_processes_matches_one_process(single, schedule):
+    name = f"pp2-{schedule}"
+    run(
+        {**PIPELINE, "pipeline_schedule": schedule, "output_dir": str(single / name)},
+        single / f"{name}.jsonl",
+        weights=single / f"{name}.pt",
+        nproc=2,
+        model="forgather",
+    )
+    assert_same_run(single, name)
+
+
+def test_four_stages_on_four_processes_match_one_process(single):
+    # 1F1B needs at least as many micro-batches as stages: 4 of 2 (the same 8 samples per step).
+    four = {**PIPELINE, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    run(
+        {**four, "pipeline_schedule": "1F1B", "output_dir": str(single / "pp4")},
+        single / "pp4.jsonl",
+        weights=single / "pp4.pt",
+        nproc=4,
+        model="forgather",
+    )
+    # other micro-batch sizes sum the gradients in another order: float rounding, 1e-4
+    assert_same_run(single, "pp4", rel=1e-4)
+    manifest = read_manifest(single / "pp4" / "checkpoints" / "checkpoint-12")
+    assert (manifest["parallelism"], manifest["world_size"]) == ("pipeline", 4)
+
+
+def test_pipeline_kill_9_then_resume_is_bit_exact(single, tmp_path):
+    args = {**PIPELINE, "pipeline_schedule": "1F1B", "output_dir": str(tmp_path / "out")}
+    run(args, tmp_path / "straight.jsonl", nproc=2, model="forgather")
+    shutil.rmtree(tmp_path / "out")
+    process = launch(args, tmp_path / "killed.jsonl", nproc=2, hang_after_save=8, model="forgather")
+    kill_when(process, (tmp_path / "out" / "hanging").exists)
+    assert latest_checkpoint(tmp_path / "out").name == "checkpoint-8"
+
+    run(
+        {**args, "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
+        nproc=2,
+        model="forgather",
+    )
+
+    def after(path, step):
+        return [
+            {k: r[k] for k in KEYS if k in r}
+            for r in read_records(path)
+            if r["step"] > step and "train_runtime" not in r
+        ]
+
+    assert after(tmp_path / "resumed.jsonl", 8) == after(tmp_path / "straight.jsonl", 8)
+
+
+def test_a_pipeline_checkpoint_resumes_under_fsdp(single, tmp_path):
+    """Pipeline on 2 stages -> FSDP on 2 ranks: the stages' weights make up the whole model."""
+    source = single / "pp2-1F1B" / "checkpoints" / "checkpoint-8"
+    shutil.copytree(source, tmp_path / "out" / "checkpoints" / "checkpoint-8")
+    output = run(
+        {
+            **RESUME_ARGS,
+            "per_device_train_batch_size": 2,
+            "parallelism": "fsdp",
+            "output_dir": str(tmp_path / "out"),
+            "resume_from_checkpoint": True,
+        },
+        tmp_path / "resumed.jsonl",
+        nproc=2,
+        model="forgather",
+    )
+    assert "from pipeline on 2 process(es) to fsdp on 2" in output
+    straight = {r["step"]: r for r in read_records(single / "pp2-1F1B.jsonl") if "loss" in r}
+    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+
+
+def test_a_stage_count_that_does_not_divide_the_layers_is_one_clear_error(tmp_path):
+    process = launch(
+        {
+            **PIPELINE,
+            "pipeline_schedule": "Interleaved1F1B",
+            "pipeline_stages_per_rank": 3,  # 6 stages for 4 layers
+            "output_dir": str(tmp_path / "out"),
+        },
+        tmp_path / "log.jsonl",
+        nproc=2,
+        model="forgather",
+    )
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "6 pipeline stages do not divide the model's 4 layers" in output
+    assert not (tmp_path / "out" / "checkpoints").exists()
