@@ -13,6 +13,7 @@ optimizer step to stay in sync (DDP: its gradient buckets, counted by a communic
 its pseudo-gradients every `--sync-every` steps). All rows see the same global batch per step.
 
     python benchmarks/parallel.py                                  # CPU, tiny shape, 2 and 4 procs
+    python benchmarks/parallel.py --shape 40m --steps 8 --warmup 2 --batch-size 8 --seq-len 128
     python benchmarks/parallel.py --device cuda --shape 1b --nprocs 2 --seq-len 2048 --batch-size 4 --bf16
 
 On one GPU (`--nprocs 1`) FSDP has nothing to shard: run it on a machine with 2+ GPUs.
@@ -91,7 +92,12 @@ def worker(options: argparse.Namespace) -> None:
 
     hidden, layers, heads, kv, ffn, vocab = SHAPES[options.shape]
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_device = options.batch_size // world
+    # Data-parallel strategies split the global batch over the ranks; a pipeline's ranks all see it,
+    # cut into 2 micro-batches per stage (1F1B needs at least one per stage).
+    accumulation = 2 * world if options.strategy == "pipeline" else 1
+    per_device = options.batch_size // (accumulation if options.strategy == "pipeline" else world)
+    if per_device < 1:
+        sys.exit(f"--batch-size {options.batch_size} is too small for {options.strategy} x {world}")
     samples = (options.warmup + options.steps) * options.batch_size
     generator = torch.Generator().manual_seed(0)
     data = torch.randint(0, vocab, (samples, options.seq_len), generator=generator)
@@ -139,6 +145,7 @@ def worker(options: argparse.Namespace) -> None:
         args = TrainingArguments(
             output_dir=output_dir,
             per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=accumulation,
             max_steps=options.warmup + options.steps,
             learning_rate=1e-4,
             lr_scheduler_type="constant",
@@ -174,7 +181,9 @@ def worker(options: argparse.Namespace) -> None:
                 "step_s": measured / options.steps,
                 "peak_bytes": peaks,
                 "state_bytes": states,
-                "sync_bytes_per_step": sync_bytes if options.strategy != "fsdp" else None,
+                "sync_bytes_per_step": sync_bytes
+                if options.strategy in ("ddp", "diloco")
+                else None,
                 "train_loss": loss,
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
             }
@@ -217,7 +226,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--nprocs", default="2,4", help="process counts to compare (default 2,4)")
-    parser.add_argument("--strategies", default="ddp,fsdp,diloco")
+    parser.add_argument("--strategies", default="ddp,fsdp,pipeline,diloco")
     parser.add_argument("--sync-every", type=int, default=4, help="DiLoCo's H")
     parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=2)

@@ -98,10 +98,19 @@ class TrainingScript:
                 self._report(results)
                 if self.sample_prompts:
                     results["samples"] = self._samples(whole)
-        finally:
+        except BaseException:
+            # Leave without the closing barrier: the other ranks may wait in a collective this
+            # rank will not join; exiting lets torchrun stop them instead of hanging.
             close = getattr(self.trainer, "close", None)
             if close is not None:
-                close()
+                try:
+                    close(failed=True)
+                except TypeError:  # a trainer whose close() takes no arguments
+                    close()
+            raise
+        close = getattr(self.trainer, "close", None)
+        if close is not None:
+            close()
         return results
 
     def _final_eval(self) -> dict[str, Any] | None:

@@ -58,15 +58,21 @@ def assert_same_run(root, name: str, rel: float = 1e-5) -> None:
     ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBV"],
 )
 def test_every_schedule_on_two_processes_matches_one_process(single, schedule):
+    assert_same_run(single, two_stage_run(single, schedule))
+
+
+def two_stage_run(root, schedule: str) -> str:
+    """The 2-process run of `schedule` under `root` (run once per module)."""
     name = f"pp2-{schedule}"
-    run(
-        {**PIPELINE, "pipeline_schedule": schedule, "output_dir": str(single / name)},
-        single / f"{name}.jsonl",
-        weights=single / f"{name}.pt",
-        nproc=2,
-        model="forgather",
-    )
-    assert_same_run(single, name)
+    if not (root / f"{name}.pt").exists():
+        run(
+            {**PIPELINE, "pipeline_schedule": schedule, "output_dir": str(root / name)},
+            root / f"{name}.jsonl",
+            weights=root / f"{name}.pt",
+            nproc=2,
+            model="forgather",
+        )
+    return name
 
 
 def test_four_stages_on_four_processes_match_one_process(single):
@@ -112,7 +118,7 @@ def test_pipeline_kill_9_then_resume_is_bit_exact(single, tmp_path):
 
 def test_a_pipeline_checkpoint_resumes_under_fsdp(single, tmp_path):
     """Pipeline on 2 stages -> FSDP on 2 ranks: the stages' weights make up the whole model."""
-    source = single / "pp2-1F1B" / "checkpoints" / "checkpoint-8"
+    source = single / two_stage_run(single, "1F1B") / "checkpoints" / "checkpoint-8"
     shutil.copytree(source, tmp_path / "out" / "checkpoints" / "checkpoint-8")
     output = run(
         {

@@ -150,7 +150,9 @@ def check_data_state(
     order, so after k micro-batches of b samples the first k·b·W positions are used, whatever W is.
     """
     current = data_state_dict(DataPosition(), sampler, batch_size)
-    for key in ("seed", "dataset_size", "shuffle", "drop_last"):
+    # drop_last only decides the epoch's incomplete tail (a pipeline drops it): positions before
+    # it mean the same either way.
+    for key in ("seed", "dataset_size", "shuffle"):
         if state.get(key) != current[key]:
             raise ValueError(
                 f"data {key} differs: checkpoint has {state.get(key)!r}, this run has {current[key]!r}"

@@ -174,10 +174,15 @@ class DistributedEnvironment:
         dist.gather_object(obj, box, dst=dst)
         return box
 
-    def cleanup(self) -> None:
-        """Leave the process group (if this process joined one)."""
+    def cleanup(self, failed: bool = False) -> None:
+        """Leave the process group (if this process joined one).
+
+        After a failure there is no barrier: the other ranks may be waiting in a collective this
+        rank will never join, and waiting for them would hang instead of failing.
+        """
         if self.initialized:
-            dist.barrier()
+            if not failed:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -360,13 +360,15 @@ class Trainer:
                 "the train_dataset must be map-style (len and indexing) for exact resume"
             )
         data_rank, data_world = self.strategy.data_parallel()
+        # pipeline micro-batches must be of one size: the epoch's incomplete last batch is dropped
+        self._drop_last = args.dataloader_drop_last or self.strategy.runs_steps
         self.train_sampler = ResumableDistributedSampler(
             len(self.train_dataset),
             seed=args.data_seed,
             rank=data_rank,
             world_size=data_world,
             shuffle=True,
-            drop_last=args.dataloader_drop_last,
+            drop_last=self._drop_last,
         )
         self.train_dataloader = DataLoader(
             self.train_dataset,
@@ -375,12 +377,12 @@ class Trainer:
             collate_fn=self.data_collator,
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
-            drop_last=args.dataloader_drop_last,
+            drop_last=self._drop_last,
             # Its own generator: creating an iterator must not consume the global torch RNG.
             generator=torch.Generator().manual_seed(args.data_seed),
         )
         self.batches_per_epoch = batches_per_epoch(
-            self.train_sampler, args.per_device_train_batch_size, args.dataloader_drop_last
+            self.train_sampler, args.per_device_train_batch_size, self._drop_last
         )
         if self.batches_per_epoch == 0:
             raise ValueError("the training dataset is smaller than one batch per process")
@@ -729,9 +731,12 @@ class Trainer:
             return None
         return self.strategy.whole_model(model, state).to(self.device)
 
-    def close(self) -> None:
-        """Leave the process group (under torchrun); call once done with the trainer."""
-        self.env.cleanup()
+    def close(self, failed: bool = False) -> None:
+        """Leave the process group (under torchrun); call once done with the trainer.
+
+        `failed`: this rank is stopping on an error, so it leaves without waiting for the others.
+        """
+        self.env.cleanup(failed)
 
 
 def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:

@@ -147,6 +147,8 @@ class PipelineStrategy(Strategy):
         if self.layout == "v" and per_rank != 2:
             raise PipelineSetupError("pipeline_schedule=ZBV runs exactly 2 stages per rank")
         self.per_rank = per_rank
+        if not self.env.is_distributed:  # one process, one stage: the plain model, as ddp
+            self.runs_steps = self.sharded = False
         self.num_stages = self.env.world_size * per_rank
         self.my_stages = stage_ids(self.env.rank, self.env.world_size, per_rank, self.layout)
         self._stage_modules: list[StageModule] = []
@@ -184,7 +186,6 @@ class PipelineStrategy(Strategy):
         inner = model.model
         ranges = layer_ranges(len(inner.layers), self.num_stages)
         if not self.env.is_distributed:  # one process, one stage: the plain model
-            self.runs_steps = self.sharded = False
             return model
         tied = model.lm_head.weight is inner.embed_tokens.weight
         if tied and self.env.is_distributed:
@@ -291,8 +292,20 @@ class PipelineStrategy(Strategy):
     def forward_backward(
         self, micro_batches: list[dict[str, Any]], loss_fn: Any, autocast: Any
     ) -> torch.Tensor:
-        """Forward and backward of one optimizer step; returns the step's mean loss on every rank."""
+        """Forward and backward of one optimizer step; returns the step's mean loss on every rank.
+
+        A step of fewer micro-batches than the schedule needs (the end of an epoch) runs them
+        repeated: the mean loss and gradient over the repeats are those of the micro-batches once.
+        """
         self.loss_fn = loss_fn
+        sizes = {len(mb["input_ids"]) for mb in micro_batches}
+        if len(sizes) > 1:
+            raise PipelineSetupError(
+                f"pipeline micro-batches must be of one size, got {sorted(sizes)} "
+                "(dataloader_drop_last keeps them equal)"
+            )
+        repeats = -(-self.env.world_size // len(micro_batches))  # ceil
+        micro_batches = micro_batches * repeats
         batch = {
             key: torch.cat([mb[key] for mb in micro_batches])
             for key in micro_batches[0]
@@ -309,7 +322,7 @@ class PipelineStrategy(Strategy):
     def eval_loss(self, batch: dict[str, Any], loss_fn: Any, autocast: Any) -> torch.Tensor:
         """The mean loss of an evaluation batch on every rank (split into micro-batches)."""
         self.loss_fn = loss_fn
-        n = min(getattr(self, "_n", self.args.gradient_accumulation_steps), len(batch["input_ids"]))
+        batch, n = self._eval_chunks(batch)
         for module in self._stage_modules:
             module.eval()
         if self.layout == "v":
@@ -322,6 +335,23 @@ class PipelineStrategy(Strategy):
             return loss
         with torch.no_grad(), autocast():
             return self._run(batch, n, train=False)
+
+    def _eval_chunks(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The batch (repeated if it has fewer rows than the schedule needs micro-batches) and a
+        micro-batch count that divides its rows, as near the training count as there is: equal
+        micro-batches, so the mean of their losses is the batch's."""
+        rows = len(batch["input_ids"])
+        least = self.env.world_size
+        if rows < least:
+            repeats = -(-least // rows)
+            batch = {
+                k: v.repeat(repeats, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()
+            }
+            rows *= repeats
+        wanted = getattr(self, "_n", self.args.gradient_accumulation_steps)
+        divisors = [d for d in range(least, rows + 1) if rows % d == 0]
+        return batch, min(divisors, key=lambda d: (abs(d - wanted), d))
 
     def clip_gradients(self, model: nn.Module, max_norm: float | None) -> torch.Tensor:
         """The norm over all stages' gradients (the tied weight counted once); clip to it."""
