@@ -19,7 +19,10 @@ def test_tiny_llama_trains_and_checkpoints_into_a_host_mount(trained):
     checkpoint = output / "checkpoints" / "checkpoint-3"
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     assert manifest["step"] == 3
-    assert (checkpoint / "model.safetensors").stat().st_size > 0
+    # format 2: the weights as DCP shards (one process here: one shard) and the model's config
+    assert (checkpoint / "model" / ".metadata").is_file()
+    assert (checkpoint / "model" / "__0_0.distcp").stat().st_size > 0
+    assert (checkpoint / "hf" / "config.json").is_file()
     assert (output / "config.json").is_file()
 
 
