@@ -116,3 +116,26 @@ def test_fsdp_checkpoint_resumes_under_ddp(runs, tmp_path):
     assert sorted(resumed) == [9, 10, 11, 12]
     for step, record in resumed.items():
         assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "nproc"),
+    [
+        # activation checkpointing recomputes each block's forward inside the sharded backward
+        ("fsdp-recompute", {"gradient_checkpointing": True}, 2),
+        # HSDP: 2 replica groups of 2 shards (4 ranks x 1 sample x 2 micro-batches = 8 per step)
+        ("hsdp", {"fsdp_replicate": 2, "per_device_train_batch_size": 1}, 4),
+    ],
+)
+def test_fsdp_variants_match_one_process(runs, name, overrides, nproc):
+    run(
+        {**FSDP, **overrides, "output_dir": str(runs / name)},
+        runs / f"{name}.jsonl",
+        nproc=nproc,
+    )
+    single, other = read_records(runs / "single.jsonl"), read_records(runs / f"{name}.jsonl")
+    assert [r["step"] for r in single] == [r["step"] for r in other]
+    for a, b in zip(single, other, strict=True):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (name, a["step"], key)
