@@ -123,6 +123,8 @@ def test_fsdp_checkpoint_resumes_under_ddp(runs, tmp_path):
     [
         # activation checkpointing recomputes each block's forward inside the sharded backward
         ("fsdp-recompute", {"gradient_checkpointing": True}, 2),
+        # torch.compile of the sharded model (inductor on CPU)
+        ("fsdp-compiled", {"torch_compile": True}, 2),
         # HSDP: 2 replica groups of 2 shards (4 ranks x 1 sample x 2 micro-batches = 8 per step)
         ("hsdp", {"fsdp_replicate": 2, "per_device_train_batch_size": 1}, 4),
     ],
