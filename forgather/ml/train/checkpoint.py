@@ -29,7 +29,6 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
-    set_optimizer_state_dict,
 )
 
 from forgather.ml.train.checkpoint_format import (
@@ -490,9 +489,9 @@ def _load_optimizer(
         _dcp_load(state, path / OPTIMIZER_DIR)
 
     if strategy is None:
-        state = get_optimizer_state_dict(model, optimizer)  # initialises the state to load into
-        load({"state": state["state"]})
-        set_optimizer_state_dict(model, optimizer, state)
+        from forgather.ml.train.parallel.base import load_optimizer_state
+
+        load_optimizer_state(model, optimizer, load, manifest)
     else:
         strategy.load_optimizer_state_dict(model, optimizer, load, manifest)
 

@@ -13,6 +13,29 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 
+def diloco_worker_key(rank: int, manifest: dict[str, Any]) -> str:
+    """The key of the inner optimizer state rank `rank` takes from a DiLoCo checkpoint."""
+    return f"worker{rank % int(manifest.get('world_size') or 1)}"
+
+
+def load_optimizer_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    load: Callable[[dict[str, Any]], None],
+    manifest: dict[str, Any],
+    rank: int = 0,
+) -> None:
+    """Read the per-parameter optimizer state of a checkpoint with `load` and apply it; the param
+    groups' settings stay this run's (learning rates come back with the LR scheduler)."""
+    state = get_optimizer_state_dict(model, optimizer)  # also initialises lazy state
+    template = {"state": state["state"]}
+    if manifest.get("parallelism") == "diloco":  # a DiLoCo checkpoint keeps every worker's
+        load({diloco_worker_key(rank, manifest): template})
+    else:
+        load(template)
+    set_optimizer_state_dict(model, optimizer, state)
+
+
 class Strategy:
     """A way to train one model on the ranks of `env`; the defaults are those of one process.
 
@@ -110,14 +133,7 @@ class Strategy:
         learning rates come back with the LR scheduler's state). So any strategy's checkpoint loads,
         whichever parameters each of its ranks held.
         """
-        state = get_optimizer_state_dict(model, optimizer)  # also initialises lazy state
-        template = {"state": state["state"]}
-        if manifest.get("parallelism") == "diloco":  # a DiLoCo checkpoint keeps every worker's
-            worker = self.env.rank % int(manifest.get("world_size") or 1)
-            load({f"worker{worker}": template})
-        else:
-            load(template)
-        set_optimizer_state_dict(model, optimizer, state)
+        load_optimizer_state(model, optimizer, load, manifest, self.env.rank)
 
     def describe(self) -> str:
         return self.name

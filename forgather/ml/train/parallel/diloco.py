@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from forgather.ml.train.parallel.base import Strategy
+from forgather.ml.train.parallel.base import Strategy, diloco_worker_key
 
 
 class DiLoCoStrategy(Strategy):
@@ -126,7 +126,7 @@ class DiLoCoStrategy(Strategy):
             super().load_optimizer_state_dict(model, optimizer, load, manifest)
             self._adopt_weights(manifest)
             return
-        worker = f"worker{self.env.rank % int(manifest.get('world_size') or 1)}"
+        worker = diloco_worker_key(self.env.rank, manifest)
         inner = get_optimizer_state_dict(model, optimizer)
         template: dict[str, Any] = {worker: {"state": inner["state"]}}
         if self.args.diloco_outer_momentum > 0:
