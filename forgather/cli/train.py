@@ -50,8 +50,10 @@ def train(
         str | None,
         typer.Option(
             "--resume",
-            help="Resume from a checkpoint: `latest` (the newest complete one) or a checkpoint path. "
-            "Sets trainer_args.resume_from_checkpoint.",
+            envvar="FORGATHER_RESUME",
+            help="Resume from a checkpoint: `latest` (the newest complete one), `auto` (the "
+            "newest if there is one, else start), or a checkpoint path. Sets "
+            "trainer_args.resume_from_checkpoint.",
         ),
     ] = None,
     dry_run: Annotated[

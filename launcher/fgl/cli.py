@@ -225,10 +225,36 @@ def up_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Run pre-flight, print the plan, start nothing.")
     ] = False,
+    elastic: Annotated[
+        bool,
+        typer.Option(
+            "--elastic",
+            help="When a node or container fails, restart on the nodes that still answer, "
+            "resuming from the latest checkpoint (forgather copies every checkpoint to every "
+            "node and keeps the global batch).",
+        ),
+    ] = False,
+    min_nodes: Annotated[
+        int | None,
+        typer.Option("--min-nodes", help="--elastic: fewest nodes to go on with (default 1)."),
+    ] = None,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="--elastic: restarts before giving up.")
+    ] = 3,
 ) -> None:
-    """Start CMD under one torchrun per node on every node, with a matched rendezvous; wait; clean up."""
+    """Start CMD under one torchrun per node on every node, with a matched rendezvous; wait; clean up.
+
+    With --elastic, a failed attempt is followed by another on the nodes that answer (at least
+    --min-nodes), which resumes from the latest checkpoint; a node that answers again joins the
+    next restart.
+    """
     from fgl.inventory import parse_gpus, parse_memlock
-    from fgl.launch import settings_from, up
+    from fgl.launch import Elastic, settings_from, up
+
+    if min_nodes is not None and not elastic:
+        raise FglError("--min-nodes needs --elastic")
+    if max_restarts < 0:
+        raise FglError("--max-restarts must be >= 0")
 
     if rdzv not in ("c10d", "static"):
         raise FglError(f"--rdzv must be c10d or static, got {rdzv!r}")
@@ -246,7 +272,8 @@ def up_command(
         shm_size=shm_size,
         memlock=parse_memlock(memlock, "--memlock") if memlock else None,
     )
-    raise typer.Exit(up(specs, settings, list(command or []), dry_run=dry_run))
+    policy = Elastic(min_nodes or 1, max_restarts) if elastic else None
+    raise typer.Exit(up(specs, settings, list(command or []), dry_run=dry_run, elastic=policy))
 
 
 # ---------------------------------------------------------------- down / ps / status / logs
@@ -421,6 +448,141 @@ def logs_command(
     for f in files:
         sys.stdout.write(f.read_text(encoding="utf-8", errors="replace"))
     sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- checkpoints on nodes' disks
+
+
+@app.command("fetch")
+@handles_errors
+@node_options()
+def fetch_command(
+    targets: Targets,
+    run_id: Annotated[str, typer.Argument(help="The run id (fgl status lists them).")],
+    checkpoint: Annotated[
+        str,
+        typer.Option("--checkpoint", "-c", help="latest (default), checkpoint-N or N."),
+    ] = "latest",
+    to: Annotated[
+        Path, typer.Option("--to", help="Directory here that receives checkpoint-N/.")
+    ] = Path("."),
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir",
+            help="The run's output directory on the nodes (default: the `output dir` the "
+            "trainer printed in the run's logs).",
+        ),
+    ] = None,
+    image: Image = None,
+    workspace: Workspace = None,
+) -> None:
+    """Collect a run's checkpoint from every node onto this machine (verified against its manifest).
+
+    For nodes without a shared filesystem, where each node keeps the shards its ranks wrote:
+    `fgl fetch RUN` writes ./checkpoint-N with every node's files, ready for `forgather checkpoint
+    consolidate`, `forgather generate`, `forgather train --resume PATH` or `fgl push`.
+    """
+    from fgl.transfer import fetch, output_dir_from_logs
+
+    with targets.run(run_id) as run:
+        record = run.dir.record() if run.dir.exists() else {}
+        image = image or record.get("image")
+        if not image:
+            raise FglError(f"no record of {run_id}'s image here: pass --image")
+        volumes = _transfer_volumes(record, workspace)
+        out = output_dir or output_dir_from_logs(run.dir.logs(), record.get("working_dir"))
+        if not out:
+            raise FglError(
+                f"the logs of {run_id} name no output dir (the trainer prints it at start): "
+                "pass --output-dir"
+            )
+        _check_visible(out, volumes, "--output-dir")
+        run.connect()
+        result = fetch(run.nodes, image, volumes, run_id, out, checkpoint, to, say=info)
+    info(
+        f"fetched {result.checkpoint} of {run_id}: {result.files} file(s), "
+        f"{result.bytes / 1e6:.1f} MB from {len(result.per_node)} node(s)"
+    )
+    print(result.path)
+
+
+@app.command("push")
+@handles_errors
+@node_options()
+def push_command(
+    targets: Targets,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint directory here (checkpoint-N, with its manifest).")
+    ],
+    output_dir: Annotated[
+        str,
+        typer.Argument(help="The run's output directory on the nodes; gets checkpoints/<name>."),
+    ],
+    image: Image = None,
+    workspace: Workspace = None,
+) -> None:
+    """Copy a checkpoint of this machine to every node (OUTPUT_DIR/checkpoints/checkpoint-N).
+
+    Then `fgl up -- forgather ... train --resume latest` resumes from it on those nodes. A node that
+    already has the same checkpoint is skipped; one with a different checkpoint of that name is an
+    error, and nothing is overwritten.
+    """
+    from fgl.engine import connect_all
+    from fgl.launch import settings_from
+    from fgl.rendezvous import new_run_id
+    from fgl.transfer import push
+
+    settings = settings_from(
+        targets.inventory, image=image, env={}, env_file=None, workspace=workspace
+    )
+    record = {"workspace": settings.workspace, "mounts": settings.mounts}
+    volumes = _transfer_volumes(record, None)
+    _check_visible(output_dir, volumes, "OUTPUT_DIR")
+    nodes = connect_all(targets.specs())
+    try:
+        results = push(
+            nodes, settings.image, volumes, new_run_id(), checkpoint.resolve(), output_dir
+        )
+    finally:
+        for node in nodes:
+            node.close()
+    failed = False
+    for node, outcome in results:
+        if isinstance(outcome, BaseException):
+            failed = True
+            error(str(outcome))
+        else:
+            info(f"{node.name}: {checkpoint.name} {outcome}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _transfer_volumes(record: dict[str, Any], workspace: str | None) -> dict[str, dict[str, str]]:
+    """The bind mounts of a run's containers (its workspace and mounts), for a helper container."""
+    from fgl.containers import ContainerSpec, volumes
+
+    ws = workspace or record.get("workspace")
+    if ws:
+        ws = str(Path(ws).expanduser().resolve())
+    spec = ContainerSpec(
+        image="", command=[], name="", run_id="", workspace=ws, mounts=record.get("mounts") or []
+    )
+    found = volumes(spec)
+    if not found:
+        raise FglError("no workspace is known for this run: pass --workspace")
+    return found
+
+
+def _check_visible(path: str, volumes: dict[str, dict[str, str]], flag: str) -> None:
+    """FglError unless `path` lies inside one of the helper's mounts."""
+    inside = [v["bind"] for v in volumes.values()]
+    if not path.startswith("/") or not any(
+        path == b or path.startswith(b.rstrip("/") + "/") for b in inside
+    ):
+        raise FglError(
+            f"{flag} {path} is not an absolute path inside the workspace or a mount "
+            f"({', '.join(inside)})"
+        )
 
 
 # ---------------------------------------------------------------- images

@@ -20,12 +20,14 @@ from fgl.rendezvous import (
     NodeNet,
     RendezvousPlan,
     choose_port,
+    new_run_id,
     nproc_for,
     plan_rendezvous,
 )
 from fgl.run import Run
 from fgl.runs import (
     EXIT_SIGINT,
+    EXIT_SIGTERM,
     Interrupted,
     Member,
     MemlockFallback,
@@ -254,71 +256,169 @@ def memlock_fallback(settings: Settings, keys: dict[str, str | None]) -> Memlock
     )
 
 
+@dataclass(frozen=True)
+class Elastic:
+    """``fgl up --elastic``: restart on the nodes that still answer after a failure."""
+
+    min_nodes: int = 1
+    max_restarts: int = 3
+
+
+# What an elastic run's trainers are told (forgather reads them): copy each checkpoint to every
+# node, keep the global batch when the world shrinks, and resume from the latest checkpoint on a
+# restart (when there is one).
+ELASTIC_ENV = {"FORGATHER_SAVE_ON_EACH_NODE": "1", "FORGATHER_KEEP_GLOBAL_BATCH": "1"}
+RESTART_ENV = {"FORGATHER_RESUME": "auto"}
+
+
 def up(
     specs: list[NodeSpec],
     settings: Settings,
     command: list[str],
     dry_run: bool = False,
     run_id: str | None = None,
+    elastic: Elastic | None = None,
 ) -> int:
-    """Pre-flight every node, plan the rendezvous, start ``torchrun … --no-python CMD`` everywhere, wait."""
+    """Pre-flight every node, plan the rendezvous, start ``torchrun … --no-python CMD`` everywhere, wait.
+
+    With ``elastic``, a failed attempt is followed by another on the nodes that answer (at least
+    ``min_nodes``), resuming from the latest checkpoint, up to ``max_restarts`` times.
+    """
     if not command:
         raise FglError("no command: write it after --, e.g. fgl up --nodes a,b -- forgather train")
-    with Run.new("up", specs, run_id) as run:
-        nodes = run.connect().nodes
-        pf = gather(
-            nodes,
-            settings.image,
-            gpus_flag=settings.gpus_flag,
-            gpus_default=settings.gpus_default,
-            port=settings.port,
-            run_id=run.id,
-        )
-        preflight_problems(pf)
-        plan = make_plan(nodes, pf, settings, run.id)
-        kwargs_list = [
-            container_kwargs(
-                container_spec(
-                    settings,
-                    run.id,
-                    p.rank,
-                    p.name,
-                    plan.nnodes,
-                    p.command(command),
-                    f.gpus,
-                    # Checkpoint manifests record which image trained them.
-                    extra_env={**p.env, "FORGATHER_IMAGE_DIGEST": pf.image_id or ""},
-                )
+    if elastic is None:
+        with Run.new("up", specs, run_id) as run:
+            return _up_once(run.connect(), settings, command, dry_run)
+    if not 1 <= elastic.min_nodes <= len(specs):
+        raise FglError(f"--min-nodes must be between 1 and the {len(specs)} node(s) given")
+    run_id = run_id or new_run_id()
+    attempt = 0
+    while True:
+        alive = _answering(specs)
+        if len(alive) < elastic.min_nodes:
+            raise FglError(
+                f"elastic run {run_id}: {len(alive)} of {len(specs)} node(s) answer, fewer than "
+                f"--min-nodes {elastic.min_nodes}; giving up"
             )
-            for p, f in zip(plan.nodes, pf.facts, strict=True)
-        ]
-        if dry_run:
-            print_plan(plan, kwargs_list, settings)
-            return 0
-        run.record(
-            image=settings.image,
-            image_id=pf.image_id,
-            command=command,
-            endpoint=plan.endpoint,
-            mode=plan.mode,
-            env=masked(settings.env),
-            nodes=[
-                {"address": p.address, "interface": p.interface, "torchrun": list(p.torchrun_args)}
-                for p in plan.nodes
-            ],
+        env = {**ELASTIC_ENV, **(RESTART_ENV if attempt else {}), "FGL_ATTEMPT": str(attempt)}
+        with Run.new("up", alive, run_id) as run:
+            run.connect()
+            # A node that comes back may still hold a container of an earlier attempt.
+            for node, result in run.remove(grace=1.0):
+                if isinstance(result, list) and result:
+                    info(f"{node.name}: removed {', '.join(result)} left from an earlier attempt")
+            if attempt:
+                info(
+                    f"elastic run {run_id}: attempt {attempt + 1} on {len(alive)} node(s) "
+                    f"({', '.join(s.name for s in alive)}), resuming from the latest checkpoint"
+                )
+            code = _up_once(
+                run, settings, command, dry_run, extra_env=env, elastic=(elastic, attempt)
+            )
+        if code == 0 or dry_run or code in (EXIT_SIGINT, EXIT_SIGTERM):
+            return code
+        if attempt >= elastic.max_restarts:
+            info(f"elastic run {run_id}: attempt {attempt + 1} failed; no restarts left")
+            return code
+        attempt += 1
+
+
+def _answering(specs: list[NodeSpec]) -> list[NodeSpec]:
+    """The nodes whose engine answers now (the others are named on stderr)."""
+    nodes = [Node(spec, rank) for rank, spec in enumerate(specs)]
+    try:
+        results = parallel(Node.connect, nodes)
+    finally:
+        for node in nodes:
+            node.close()
+    alive = []
+    for spec, result in zip(specs, results, strict=True):
+        if isinstance(result, BaseException):
+            info(f"{spec.name} does not answer ({result}); left out")
+        else:
+            alive.append(spec)
+    return alive
+
+
+def _up_once(
+    run: Run,
+    settings: Settings,
+    command: list[str],
+    dry_run: bool,
+    extra_env: dict[str, str] | None = None,
+    elastic: tuple[Elastic, int] | None = None,
+) -> int:
+    """One attempt of ``fgl up`` on the run's (connected) nodes."""
+    nodes = run.nodes
+    pf = gather(
+        nodes,
+        settings.image,
+        gpus_flag=settings.gpus_flag,
+        gpus_default=settings.gpus_default,
+        port=settings.port,
+        run_id=run.id,
+    )
+    preflight_problems(pf)
+    plan = make_plan(nodes, pf, settings, run.id)
+    kwargs_list = [
+        container_kwargs(
+            container_spec(
+                settings,
+                run.id,
+                p.rank,
+                p.name,
+                plan.nnodes,
+                p.command(command),
+                f.gpus,
+                # Checkpoint manifests record which image trained them.
+                extra_env={
+                    **p.env,
+                    **(extra_env or {}),
+                    "FORGATHER_IMAGE_DIGEST": pf.image_id or "",
+                },
+            )
         )
-        info(
-            f"run {run.id}: {plan.nnodes} node(s), endpoint {plan.endpoint}, image {settings.image}; "
-            f"logs in {run.dir.path}"
-        )
-        code = supervise_run(
-            run,
-            kwargs_list,
-            memlock_fallback(settings, {f.name: f.engine_key for f in pf.facts}),
-            settings.env,
-        )
-        info(f"run {run.id} exited {code}")
-        return code
+        for p, f in zip(plan.nodes, pf.facts, strict=True)
+    ]
+    if dry_run:
+        print_plan(plan, kwargs_list, settings)
+        return 0
+    extra: dict[str, Any] = {}
+    if elastic is not None:
+        policy, attempt = elastic
+        extra["elastic"] = {
+            "min_nodes": policy.min_nodes,
+            "max_restarts": policy.max_restarts,
+            "attempt": attempt,
+        }
+    run.record(
+        image=settings.image,
+        image_id=pf.image_id,
+        command=command,
+        workspace=settings.workspace,
+        working_dir=settings.working_dir,
+        mounts=settings.mounts,
+        endpoint=plan.endpoint,
+        mode=plan.mode,
+        env=masked(settings.env),
+        **extra,
+        nodes=[
+            {"address": p.address, "interface": p.interface, "torchrun": list(p.torchrun_args)}
+            for p in plan.nodes
+        ],
+    )
+    info(
+        f"run {run.id}: {plan.nnodes} node(s), endpoint {plan.endpoint}, image {settings.image}; "
+        f"logs in {run.dir.path}"
+    )
+    code = supervise_run(
+        run,
+        kwargs_list,
+        memlock_fallback(settings, {f.name: f.engine_key for f in pf.facts}),
+        settings.env,
+    )
+    info(f"run {run.id} exited {code}")
+    return code
 
 
 def run_one(spec: NodeSpec, settings: Settings, command: list[str]) -> int:

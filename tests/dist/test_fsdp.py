@@ -14,10 +14,13 @@ from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records,
 
 pytestmark = pytest.mark.dist
 
-# The global batch is 8 per optimizer step either way (see test_ddp.py).
-SINGLE = {**RESUME_ARGS, "per_device_train_batch_size": 4}
-FSDP = {**RESUME_ARGS, "per_device_train_batch_size": 2, "parallelism": "fsdp"}
-DDP = {**RESUME_ARGS, "per_device_train_batch_size": 2}
+# The global batch is 8 per optimizer step either way (see test_ddp.py). The 16 evaluation samples
+# make 3 batches of 6, 6 and 4: under FSDP rank 0 evaluates two and rank 1 one (plus a repeat that
+# does not count, as a sharded forward needs every rank).
+EVAL = {"per_device_eval_batch_size": 6}
+SINGLE = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 4}
+FSDP = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 2, "parallelism": "fsdp"}
+DDP = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 2}
 KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
 
 

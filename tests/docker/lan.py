@@ -7,8 +7,9 @@ its own address, Docker engine and sshd (shared/DESIGN.md §6 records why it is 
         lan.trust(home)                 # their host keys into HOME/.ssh/known_hosts
         lan.nodes[1].client()           # Docker SDK client of node 1's engine (by its socket)
 
-Nodes share this machine's file system (like an NFS-mounted workspace on a real LAN) but not its
-network: a ``--network host`` container on a node's engine sees only that node's address. The host
+Nodes share this machine's file system (like an NFS-mounted workspace on a real LAN), except
+``LOCAL_DISK``: each node's engine sees its own directory there (``node.local_dir`` on this machine),
+as nodes with local disks see different files at one path. They do not share the network: a ``--network host`` container on a node's engine sees only that node's address. The host
 itself is 10.77.0.1 on the bridge, so fgl reaches each node over SSH like a workstation on the LAN.
 The nodes have no default route (no DNS server, no internet), so a name lookup fails at once instead
 of waiting for resolver timeouts (torchrun's c10d rendezvous looks up its peers' names).
@@ -31,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PATH_ENV = "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+LOCAL_DISK = Path("/var/tmp/fgl-lan-local")
+"""A path whose contents differ per node: each engine runs in a mount namespace of its own in which
+its node's ``local_dir`` is mounted here."""
 
 
 class LanError(RuntimeError):
@@ -83,6 +87,11 @@ class LanNode:
     run_dir: Path
     client_key: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def local_dir(self) -> Path:
+        """This node's "local disk" (what its containers see at LOCAL_DISK), on this machine."""
+        return self.dir / "local"
 
     @property
     def docker_host(self) -> str:
@@ -229,6 +238,33 @@ class Lan:
     def client_key(self) -> Path:
         return self.root / "client_key"
 
+    def crash(self, node: LanNode) -> None:
+        """A machine losing power: every process of the node (engine, containers, sshd and its
+        sessions) killed at once, and its link down."""
+        for pid in sh("ip", "netns", "pids", node.netns, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        node.run("ip", "link", "set", "eth0", "down")
+        for proc in node.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        node.processes.clear()
+
+    def revive(self, node: LanNode) -> None:
+        """Bring a crashed node back: its link up, a fresh engine (its containers stopped) and sshd."""
+        node.run("ip", "link", "set", "eth0", "up")
+        for stale in ("docker.pid", "sshd.pid", "docker.sock"):
+            (node.run_dir / stale).unlink(missing_ok=True)
+        self._start_dockerd(node)
+        self._start_sshd(node)
+        wait_until(
+            lambda: node.docker("info", "-f", "{{.ID}}", check=False).returncode == 0,
+            self.start_timeout,
+            f"the Docker engine of {node.netns} (log {node.dir / 'dockerd.log'})",
+            step=0.3,
+        )
+        wait_until(lambda: _port_open(node.address, 22), 30, f"sshd of {node.netns}")
+
     # ------------------------------------------------------------------ internals
 
     def _add_node(self, index: int, client_key: Path) -> LanNode:
@@ -250,10 +286,18 @@ class Lan:
 
     def _start_dockerd(self, node: LanNode) -> None:
         log = open(node.dir / "dockerd.log", "ab")  # noqa: SIM115  (the daemon owns it)
+        node.local_dir.mkdir(parents=True, exist_ok=True)
+        LOCAL_DISK.mkdir(parents=True, exist_ok=True)
+        # its own mount namespace (host mounts still propagate in) with its local disk at LOCAL_DISK
+        private_disk = [
+            "unshare", "--mount", "--propagation", "slave", "sh", "-c",
+            f'mount --bind "{node.local_dir}" "{LOCAL_DISK}" && exec "$0" "$@"',
+        ]  # fmt: skip
         node.processes.append(
             subprocess.Popen(
                 in_netns(
                     node.netns,
+                    *private_disk,
                     "dockerd",
                     "--data-root",
                     str(node.dir / "docker"),

@@ -11,6 +11,7 @@ unreachable node.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from tests.docker.conftest import (
     tiny_image,
     wait_for,
 )
-from tests.docker.lan import Lan, missing_tools
+from tests.docker.lan import LOCAL_DISK, Lan, missing_tools
 
 pytestmark = pytest.mark.docker
 
@@ -354,6 +355,150 @@ def test_killing_one_nodes_container_removes_the_run_everywhere_within_10s(
                 proc.kill()
         for run in runs.glob("fgl-*"):
             fgl(env, "down", run.name, timeout=120)
+
+
+# ---------------------------------------------------------------- node-local disks: save, resume, fetch
+
+
+def step_losses(log: str) -> dict[int, str]:
+    """{step: loss as printed} from a run's progress lines."""
+    return {int(m[1]): m[2] for m in re.finditer(r"step (\d+)/\d+ \| loss (\S+)", log)}
+
+
+def test_fsdp_on_node_local_disks_saves_resumes_fetches_and_pushes(
+    lan, synced, env, runtime_image, tmp_path
+):
+    """2 nodes x 2 processes of FSDP whose workspace is each node's own disk: every node keeps its
+    ranks' shards, a resume on the same nodes continues with the same losses, `fgl fetch` collects
+    the checkpoint here (it consolidates into a model), and `fgl push` puts it back on the nodes."""
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    ws = LOCAL_DISK / f"ws-{tmp_path.name}"
+    for node in lan.nodes:
+        (node.local_dir / ws.name).mkdir(parents=True)
+    out = ws / "tiny"
+    train = [
+        "forgather", "-p", TINY_LLAMA, "train", "--max-steps", "4", "--output-dir", str(out),
+        "trainer_args.eval_steps=4", "trainer_args.save_steps=2", "trainer_args.logging_steps=1",
+        "trainer_args.parallelism=fsdp", *SMALL_MODEL,
+    ]  # fmt: skip
+    up = ["up", *nodes_arg(lan), "--nproc-per-node", "2", "--image", runtime_image,
+          "--workspace", str(ws), *OFFLINE_ENV, "--"]  # fmt: skip
+    first = fgl(env, *up, *train, timeout=600)
+    run = the_run(env)
+    log0 = "".join((run / f"node-{i}.log").read_text() for i in range(2))  # rank 0 on either
+    assert first.returncode == 0, first.stderr[-3000:] + log0[-3000:]
+    assert "is local to each node" in log0
+
+    local = [node.local_dir / ws.name / "tiny" / "checkpoints" for node in lan.nodes]
+    held = []
+    for checkpoints in local:
+        assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+        files = {p.name for p in (checkpoints / "checkpoint-4" / "model").iterdir()}
+        assert ".metadata" in files
+        held.append(files - {".metadata"})
+        assert (checkpoints / "checkpoint-4" / "manifest.json").is_file()
+    # each node holds the shards of its own two ranks only
+    assert len(held[0]) == len(held[1]) == 2 and not held[0] & held[1]
+    assert held[0] | held[1] == {f"__{r}_0.distcp" for r in range(4)}
+
+    # resume from checkpoint 2 on the same nodes: steps 3 and 4 as the straight run had them
+    resume = ["--resume", str(out / "checkpoints" / "checkpoint-2")]
+    second = fgl(env, *up, *train, *resume, timeout=600)
+    runs = sorted(Path(env["FGL_RUNS_DIR"]).glob("fgl-*"), key=lambda p: p.stat().st_mtime)
+    log0_resumed = "".join((runs[-1] / f"node-{i}.log").read_text() for i in range(2))
+    assert second.returncode == 0, second.stderr[-3000:] + log0_resumed[-3000:]
+    straight, resumed = step_losses(log0), step_losses(log0_resumed)
+    assert sorted(resumed) == [3, 4], log0_resumed[-3000:]
+    assert resumed == {step: straight[step] for step in (3, 4)}
+
+    # fetch: every node's shards in one directory here, checked against the manifest
+    fetched = fgl(env, "fetch", run.name, "--to", str(tmp_path / "here"), timeout=300)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    checkpoint = tmp_path / "here" / "checkpoint-4"
+    assert fetched.stdout.strip() == str(checkpoint)
+    shards = {p.name for p in (checkpoint / "model").iterdir()}
+    assert shards == {f"__{r}_0.distcp" for r in range(4)} | {".metadata"}
+    consolidated = subprocess.run(
+        ["forgather", "checkpoint", "consolidate", str(checkpoint), str(tmp_path / "model")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert consolidated.returncode == 0, consolidated.stderr[-3000:]
+    assert (tmp_path / "model" / "config.json").is_file()
+    again = fgl(env, "fetch", run.name, "--to", str(tmp_path / "here"), timeout=300)
+    assert again.returncode != 0 and "exists" in again.stderr  # nothing overwritten
+
+    # push it to another output dir on both nodes: each node then has the whole checkpoint
+    pushed = fgl(env, "push", *nodes_arg(lan), "--image", runtime_image, "--workspace", str(ws),
+                 str(checkpoint), str(ws / "copy"), timeout=300)  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    for node in lan.nodes:
+        copy = node.local_dir / ws.name / "copy" / "checkpoints" / "checkpoint-4"
+        assert {p.name for p in (copy / "model").iterdir()} == shards
+    assert containers_everywhere(lan) == []  # no helper container left behind
+
+
+# ---------------------------------------------------------------- elastic: a node dies mid-run
+
+
+def test_elastic_run_loses_a_node_and_finishes_on_the_survivor(
+    lan, synced, env, runtime_image, tmp_path
+):
+    """`fgl up --elastic --min-nodes 1`: node 1 loses power mid-training; fgl removes the attempt's
+    containers, restarts on node 0 alone, which resumes the latest checkpoint from its own disk
+    (every checkpoint was copied to every node) at the same global batch, and finishes."""
+    assert synced[0].returncode == 0, "sync-image failed (see its test)"
+    ws = LOCAL_DISK / f"ws-{tmp_path.name}"
+    for node in lan.nodes:
+        (node.local_dir / ws.name).mkdir(parents=True)
+    steps = 120
+    train = [
+        "forgather", "-p", TINY_LLAMA, "train", "--max-steps", str(steps),
+        "--output-dir", str(ws / "tiny"), f"trainer_args.eval_steps={steps}",
+        "trainer_args.save_steps=4", "trainer_args.logging_steps=1",
+        "trainer_args.parallelism=fsdp", *SMALL_MODEL,
+    ]  # fmt: skip
+    proc = fgl_bg(
+        env, "up", *nodes_arg(lan), "--elastic", "--min-nodes", "1", "--image", runtime_image,
+        "--workspace", str(ws), *OFFLINE_ENV, "--", *train,
+    )  # fmt: skip
+    runs = Path(env["FGL_RUNS_DIR"])
+    victim = lan.nodes[1]
+    try:
+        started = wait_for(
+            lambda: any(
+                "step 10/" in p.read_text(errors="replace") for p in runs.glob("*/node-*.log")
+            ),
+            timeout=300,
+            interval=0.1,
+        )
+        assert started, "training did not reach step 10 within 300 s"
+        run = the_run(env)
+        lan.crash(victim)
+        code = proc.wait(timeout=900)
+        output = proc.stdout.read()
+        log = (run / "node-0.log").read_text()
+        assert code == 0, output[-3000:] + log[-4000:]
+        assert "attempt 2 on 1 node(s)" in output, output[-3000:]
+        assert "resharding checkpoint" in log and "from fsdp on 2 process(es)" in log
+        assert "gradient_accumulation_steps 1 -> 2" in log  # the global batch stays
+        final = lan.nodes[0].local_dir / ws.name / "tiny" / "checkpoints" / f"checkpoint-{steps}"
+        assert json.loads((final / "manifest.json").read_text())["world_size"] == 1
+        record = json.loads((run / "run.json").read_text())
+        assert record["elastic"]["attempt"] == 1 and len(record["nodes"]) == 1
+        left = lan.nodes[0].docker("ps", "-aq", "--filter", f"label=fgl.run={run.name}")
+        assert left.stdout.split() == []
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        lan.revive(victim)
+    # the crashed node comes back with its container stopped (nothing of the run runs anywhere);
+    # fgl down removes what is left of it
+    running = victim.docker("ps", "-q", "--filter", f"label=fgl.run={run.name}")
+    assert running.stdout.split() == []
+    assert fgl(env, "down", run.name, "--nodes", ",".join(n.spec for n in lan.nodes),
+               "--ssh-key", str(lan.client_key), timeout=120).returncode == 0  # fmt: skip
+    assert containers_everywhere(lan, run.name) == []
 
 
 # ---------------------------------------------------------------- serving on a node

@@ -146,6 +146,13 @@ class TrainingArguments:
     save_total_limit: int | None = None
     """Keep only the newest this many checkpoints (by step number); None keeps all."""
 
+    save_on_each_node: bool = False
+    """Nodes without a shared filesystem (detected by itself): copy every file of each checkpoint
+    to every node after saving, so that any node can resume alone (`fgl up --elastic` sets it through
+    FORGATHER_SAVE_ON_EACH_NODE=1). Off, each node keeps the shards its ranks wrote plus the small
+    shared files, and a resume on the same nodes exchanges what each node lacks. No effect when all
+    ranks share one output directory."""
+
     save_best: bool = False
     """Keep the checkpoint with the best `metric_for_best_model` from pruning, and write a checkpoint
     whenever an evaluation improves on the best so far. Needs evaluation."""
@@ -162,7 +169,14 @@ class TrainingArguments:
 
     resume_from_checkpoint: bool | str | None = None
     """Resume exactly: None/False start fresh; True or "latest" the newest complete checkpoint in
-    `output_dir`; a path that checkpoint. Anything missing or mismatched is an error."""
+    `output_dir`; "auto" the newest if there is one, else start fresh (what `fgl up --elastic`
+    restarts use); a path that checkpoint. Anything missing or mismatched is an error."""
+
+    keep_global_batch: bool = False
+    """On a resume into another number of data-parallel ranks, set `gradient_accumulation_steps`
+    so that per-device batch x accumulation x ranks stays what the checkpoint trained with (when it
+    divides; otherwise a warning, and the global batch changes). `fgl up --elastic` sets it through
+    FORGATHER_KEEP_GLOBAL_BATCH=1. Not for the pipeline strategy (its micro-batches are fixed)."""
 
     # --- reproducibility and data ---
     seed: int = 42
@@ -330,7 +344,7 @@ class TrainingArguments:
             or self.resume_from_checkpoint is True
             or isinstance(self.resume_from_checkpoint, str | os.PathLike),
             "resume_from_checkpoint",
-            'must be None, True, "latest" or a path',
+            'must be None, True, "latest", "auto" or a path',
         )
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
         require(self.ddp_timeout > 0, "ddp_timeout", "must be > 0")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -59,11 +60,14 @@ from forgather.ml.train.checkpoint_format import (
     rng_file,
     step_of,
 )
+from forgather.ml.train.checkpoint_storage import StorageGroups, detect_storage, sync_files
 from forgather.ml.unwrap import model_class_name, unwrap_model
 
 # Test hook: with FORGATHER_TEST_CHECKPOINT_STALL=<step>, the write of checkpoint <step> stops (sleeps)
 # after the model weights, so a test can kill the process in the middle of a checkpoint write.
 STALL_ENV = "FORGATHER_TEST_CHECKPOINT_STALL"
+# Set by `fgl up --elastic`: copy every checkpoint file to every node (trainer_args.save_on_each_node).
+SAVE_ON_EACH_NODE_ENV = "FORGATHER_SAVE_ON_EACH_NODE"
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -130,10 +134,16 @@ class LoadedCheckpoint:
 class CheckpointManager:
     """Writes, prunes, finds and loads checkpoints of one run.
 
-    `env` is the `DistributedEnvironment` (None: single process). Rank 0 writes the replicated state
-    (weights, optimizer, scheduler, trainer and data state; plain DDP keeps replicas identical), every
-    rank writes its RNG file, with barriers between the phases. `metadata` may set `config_digest`,
-    `git_sha` and `image_digest` of the manifest.
+    `env` is the `DistributedEnvironment` (None: single process). Every rank writes its shards of
+    the weights and optimizer state (DCP) and its RNG file; rank 0 the small shared files and the
+    manifest, with barriers between the phases. `metadata` may set `config_digest`, `git_sha` and
+    `image_digest` of the manifest.
+
+    On nodes without a shared filesystem (found at the first save or load, `checkpoint_storage`) each
+    node's directory gets the shared files and the manifest, and the lowest rank of each node renames,
+    prunes and cleans there; `save_on_each_node` copies every shard to every node as well, and a load
+    first gives each node the files it lacks. The methods that say "collective" must be called by all
+    ranks together.
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class CheckpointManager:
         metric_for_best_model: str = "eval_loss",
         greater_is_better: bool = False,
         metadata: dict[str, Any] | None = None,
+        save_on_each_node: bool = False,
     ):
         self.output_dir = Path(output_dir)
         self.dir = checkpoints_dir(output_dir)
@@ -157,6 +168,8 @@ class CheckpointManager:
         self.metric_for_best_model = metric_for_best_model
         self.greater_is_better = greater_is_better
         self.metadata = dict(metadata or {})
+        self.save_on_each_node = save_on_each_node or os.environ.get(SAVE_ON_EACH_NODE_ENV) == "1"
+        self._storage: StorageGroups | None = None
         # Every rank names the temp dir after rank 0's pid.
         self.owner_pid = self._broadcast(os.getpid())
 
@@ -168,6 +181,32 @@ class CheckpointManager:
     def _broadcast(self, obj: Any) -> Any:
         return self.env.broadcast_object(obj) if self.env is not None else obj
 
+    def _all_gather(self, obj: Any) -> list[Any]:
+        return self.env.all_gather_object(obj) if self.env is not None else [obj]
+
+    @property
+    def storage(self) -> StorageGroups:
+        """Which ranks share the checkpoint directory (collective the first time)."""
+        if self._storage is None:
+            self._storage = detect_storage(self.output_dir, self.env)
+            if not self._storage.shared and self.rank == 0:
+                copies = (
+                    "every checkpoint file is copied to every node"
+                    if self.save_on_each_node
+                    else "each node keeps its ranks' shards and a copy of the shared files"
+                )
+                sys.stderr.write(
+                    f"forgather: {self.output_dir} is local to each node "
+                    f"({self._storage.describe()} see one directory each): {copies}\n"
+                )
+        return self._storage
+
+    def _on_leaders(self, value: Any) -> list[Any]:
+        """`value` of every storage group's leader, in group order (collective)."""
+        storage = self.storage
+        views = self._all_gather(value if storage.is_leader else None)
+        return [views[leader] for leader in storage.leaders]
+
     # --- finding ---
     def list(self) -> list[Path]:
         return list_checkpoints(self.output_dir)
@@ -177,6 +216,31 @@ class CheckpointManager:
 
     def best(self) -> Path | None:
         return best_checkpoint(self.output_dir, self.metric_for_best_model, self.greater_is_better)
+
+    def latest_on_any_node(self) -> Path | None:
+        """The newest complete checkpoint in any node's directory (collective)."""
+        latest = self.latest()
+        steps = [s for s in self._on_leaders(step_of(latest) if latest else None) if s is not None]
+        return self.dir / f"checkpoint-{max(steps)}" if steps else None
+
+    def resolve(self, spec: bool | str | os.PathLike) -> Path:
+        """The checkpoint `resume_from_checkpoint=spec` names (collective). With node-local
+        directories "latest" is the newest step complete on every node (else on any node)."""
+        if self.storage.shared:
+            return resolve_checkpoint(self.output_dir, spec)
+        if spec is True or spec == "latest":
+            views = self._on_leaders([step_of(p) for p in self.list()])
+            everywhere = set.intersection(*(set(v) for v in views))
+            anywhere = set().union(*views)
+            if not anywhere:
+                raise CheckpointError(
+                    f"cannot resume: no complete checkpoint in {self.dir} on any node"
+                )
+            return self.dir / f"checkpoint-{max(everywhere or anywhere)}"
+        path = Path(spec)
+        if not any(self._on_leaders(path.is_dir())):
+            raise CheckpointError(f"cannot resume: checkpoint {path} does not exist on any node")
+        return path
 
     # --- writing ---
     def save(
@@ -203,10 +267,10 @@ class CheckpointManager:
         """
         final = self.dir / f"checkpoint-{step}"
         temp = self.dir / f".tmp-checkpoint-{step}-{self.owner_pid}"
-        exists = self._broadcast(is_complete(final) if self.rank == 0 else None)
-        if exists:
+        storage = self.storage
+        if all(self._on_leaders(is_complete(final))):
             return final
-        if self.rank == 0:
+        if storage.is_leader:
             self.dir.mkdir(parents=True, exist_ok=True)
             if temp.exists():
                 shutil.rmtree(temp)
@@ -237,6 +301,7 @@ class CheckpointManager:
         entries = (
             self.env.gather_object(self._own_files(temp)) if self.env else [self._own_files(temp)]
         )
+        manifest = None
         if self.rank == 0:
             files = dict(sorted((k, v) for part in entries for k, v in part.items()))
             manifest = {
@@ -258,6 +323,13 @@ class CheckpointManager:
                 "metrics": dict(metrics or {}),
                 "files": files,
             }
+        if not storage.shared:
+            manifest = self._broadcast(manifest)
+            copied = sorted(manifest["files"])
+            if not self.save_on_each_node:
+                copied = [name for name in copied if not _rank_specific(name)]
+            sync_files(temp, copied, storage, self.env)
+        if storage.is_leader:
             (temp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             _fsync(temp / MANIFEST)
             _fsync(temp)
@@ -295,8 +367,9 @@ class CheckpointManager:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def prune(self) -> list[Path]:
-        """Delete all but the newest `save_total_limit` checkpoints (and the best one, if kept)."""
-        if self.save_total_limit is None or self.rank != 0:
+        """Delete all but the newest `save_total_limit` checkpoints (and the best one, if kept), in
+        this node's directory (its storage leader only; `save` calls it)."""
+        if self.save_total_limit is None or not self.storage.is_leader:
             return []
         checkpoints = self.list()
         keep = set(checkpoints[-self.save_total_limit :])
@@ -308,8 +381,9 @@ class CheckpointManager:
         return removed
 
     def clean_temp_dirs(self) -> list[Path]:
-        """Delete `.tmp-*` leftovers of interrupted writes by processes no longer running (rank 0)."""
-        if self.rank != 0 or not self.dir.is_dir():
+        """Delete `.tmp-*` leftovers of interrupted writes by processes no longer running (collective;
+        each node's storage leader cleans its directory)."""
+        if not self.storage.is_leader or not self.dir.is_dir():
             return []
         removed = []
         for path in self.dir.iterdir():
@@ -324,8 +398,9 @@ class CheckpointManager:
         return removed
 
     def delete_all(self) -> None:
-        """Remove every checkpoint of this output_dir (overwrite_output_dir), rank 0 only."""
-        if self.rank == 0 and self.dir.is_dir():
+        """Remove every checkpoint of this output_dir (overwrite_output_dir); collective, each
+        node's storage leader deletes in its directory."""
+        if self.storage.is_leader and self.dir.is_dir():
             for path in self.dir.iterdir():
                 if path.is_dir() and (step_of(path) is not None or TEMP_RE.match(path.name)):
                     self._remove(path) if step_of(path) is not None else shutil.rmtree(path)
@@ -384,6 +459,8 @@ class CheckpointManager:
         optimizer of another kind) raises CheckpointError naming it. Nothing on disk is changed.
         """
         path = Path(path)
+        if not self.storage.shared:
+            self._gather_files(path)
         manifest = self.check(path, model, verify_hashes, strategy)
         own_rng = path / rng_file(self.rank)
         try:
@@ -430,6 +507,29 @@ class CheckpointManager:
                 message = " ".join(str(error).split())[:400]
                 raise CheckpointError(f"{path}: cannot load {what}: {message}") from error
         return LoadedCheckpoint(path, manifest, trainer_state, data_state, rng_state)
+
+    def load_weights(self, path: str | os.PathLike, model: torch.nn.Module) -> None:
+        """Load only the model weights of checkpoint `path` into `model` (collective)."""
+        path = Path(path)
+        if not self.storage.shared:
+            self._gather_files(path)
+        load_model_weights(unwrap_model(model), path / MODEL_DIR)
+
+    def _gather_files(self, path: Path) -> None:
+        """Node-local directories: give each node's copy of checkpoint `path` the files it lacks."""
+        try:
+            listed = sorted(read_manifest(path).get("files") or {})
+        except CheckpointError:
+            listed = None
+        known = [names for names in self._on_leaders(listed) if names is not None]
+        if not known:
+            raise CheckpointError(f"{path}: no {MANIFEST} on any node")
+        sync_files(path, [MANIFEST, *known[0]], self.storage, self.env)
+
+
+def _rank_specific(name: str) -> bool:
+    """Files one rank wrote for itself (its shards, its RNG state), not the shared ones."""
+    return name.endswith(".distcp") or Path(name).name.startswith("rng_state_rank")
 
 
 def _distributed() -> bool:

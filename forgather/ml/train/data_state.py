@@ -99,7 +99,12 @@ def batches_per_epoch(
 
 
 class EvalBatchSampler(Sampler[list[int]]):
-    """Sequential batches of the evaluation set, at most `max_batches` in total, dealt round-robin to ranks."""
+    """Sequential batches of the evaluation set, at most `max_batches` in total, dealt round-robin to ranks.
+
+    `equal_counts`: every rank gets as many batches as the rank with the most (a sharded model's
+    forward is a collective, so a rank that ran out would leave the others waiting); the extra
+    batches repeat earlier ones, and only the first `real_batches` of a rank's batches count.
+    """
 
     def __init__(
         self,
@@ -109,6 +114,7 @@ class EvalBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         max_batches: int = -1,
+        equal_counts: bool = False,
     ):
         self.batches = [
             list(range(start, min(start + batch_size, num_samples)))
@@ -117,6 +123,10 @@ class EvalBatchSampler(Sampler[list[int]]):
         if max_batches > 0:
             self.batches = self.batches[:max_batches]
         self.mine = self.batches[rank::world_size]
+        self.real_batches = len(self.mine)
+        if equal_counts and self.batches:
+            most = -(-len(self.batches) // world_size)
+            self.mine += [self.batches[i % len(self.batches)] for i in range(most - len(self.mine))]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.mine)

@@ -174,6 +174,14 @@ class DistributedEnvironment:
         dist.gather_object(obj, box, dst=dst)
         return box
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.initialized:
+            return [obj]
+        box: list[Any] = [None] * self.world_size
+        dist.all_gather_object(box, obj)
+        return box
+
     def cleanup(self, failed: bool = False) -> None:
         """Leave the process group (if this process joined one).
 

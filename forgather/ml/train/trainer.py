@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -27,10 +29,7 @@ from forgather.ml.train.callbacks.base import CallbackHandler
 from forgather.ml.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    load_model_weights,
-    resolve_checkpoint,
 )
-from forgather.ml.train.checkpoint_format import MODEL_DIR
 from forgather.ml.train.data_state import (
     DataPosition,
     EvalBatchSampler,
@@ -64,6 +63,10 @@ RESUMED_STATE_FIELDS = (
     "best_model_checkpoint",
     "log_history",
 )
+
+
+# Set by `fgl up --elastic` (trainer_args.keep_global_batch).
+KEEP_GLOBAL_BATCH_ENV = "FORGATHER_KEEP_GLOBAL_BATCH"
 
 
 class TrainerSetupError(ForgatherError):
@@ -192,7 +195,7 @@ class Trainer:
                 self._save_checkpoint()
             best = self.checkpoints.best() if args.load_best_model_at_end else None
             if best is not None:
-                load_model_weights(self.model, best / MODEL_DIR)
+                self.checkpoints.load_weights(best, self.model)
 
         self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
         self._dispatch("on_train_end")
@@ -319,8 +322,9 @@ class Trainer:
         was_training = model.training
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
+        counted = self.eval_dataloader.batch_sampler.real_batches  # the rest only keep step
         with torch.no_grad():
-            for batch in self.eval_dataloader:
+            for index, batch in enumerate(self.eval_dataloader):
                 if self.strategy.runs_steps:
                     loss = self.strategy.eval_loss(
                         self._to_device(batch), self._logits_loss, self._autocast
@@ -328,8 +332,9 @@ class Trainer:
                 else:
                     with self._autocast():
                         loss = self.compute_loss(model, self._to_device(batch))
-                totals[0] += loss.double()
-                totals[1] += 1
+                if index < counted:
+                    totals[0] += loss.double()
+                    totals[1] += 1
         model.train(was_training)
         loss_sum, batches = self.env.all_reduce(totals).tolist()
         if batches == 0:
@@ -422,6 +427,7 @@ class Trainer:
             metric_for_best_model=args.metric_for_best_model,
             greater_is_better=args.greater_is_better,
             metadata=self.checkpoint_metadata,
+            save_on_each_node=args.save_on_each_node,
         )
         zero = torch.zeros((), device=self.device)
         self._loss_sum, self._run_loss_sum = zero.clone(), zero.clone()
@@ -458,8 +464,11 @@ class Trainer:
     def _resume_or_start(self) -> dict[str, Any] | None:
         """Load the checkpoint asked for (returning its RNG state), or check the output dir is free."""
         args, env = self.args, self.env
-        if args.resume_from_checkpoint:
-            path = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        spec = args.resume_from_checkpoint
+        if spec == "auto":
+            spec = True if self.checkpoints.latest_on_any_node() is not None else None
+        if spec:
+            path = self.checkpoints.resolve(spec)
             loaded = self.checkpoints.load(
                 path,
                 model=self.model,
@@ -468,6 +477,8 @@ class Trainer:
                 grad_scaler=self.grad_scaler,
                 strategy=self.strategy,
             )
+            if args.keep_global_batch or os.environ.get(KEEP_GLOBAL_BATCH_ENV) == "1":
+                self._keep_global_batch(loaded.data_state)
             try:
                 self.position = check_data_state(
                     loaded.data_state, self.train_sampler, args.per_device_train_batch_size
@@ -481,9 +492,7 @@ class Trainer:
             self._last_save_step = self.state.global_step
             rng_state = loaded.rng_state
         else:
-            existing = env.broadcast_object(
-                self.checkpoints.latest() if env.is_main_process else None
-            )
+            existing = self.checkpoints.latest_on_any_node()
             if existing is not None:
                 if not args.overwrite_output_dir:
                     raise CheckpointError(
@@ -497,14 +506,37 @@ class Trainer:
         env.barrier()
         return rng_state
 
+    def _keep_global_batch(self, data_state: dict[str, Any]) -> None:
+        """Raise (or lower) gradient accumulation so the checkpoint's global batch stays."""
+        args = self.args
+        ranks = self.strategy.data_parallel()[1]
+        accumulation = args.gradient_accumulation_steps
+        saved = int(data_state["per_device_batch_size"]) * int(data_state["world_size"])
+        per_micro_step = args.per_device_train_batch_size * ranks
+        if saved == per_micro_step:
+            return
+        say = sys.stderr.write if self.env.is_main_process else (lambda text: None)
+        if self.strategy.name == "pipeline" or (saved * accumulation) % per_micro_step:
+            say(
+                f"forgather: cannot keep the global batch of {saved * accumulation} samples on "
+                f"{ranks} data-parallel rank(s) of {args.per_device_train_batch_size}: it becomes "
+                f"{per_micro_step * accumulation}\n"
+            )
+            return
+        args.gradient_accumulation_steps = saved * accumulation // per_micro_step
+        self.state.effective_batch_size = saved * accumulation
+        say(
+            f"forgather: keeping the global batch of {saved * accumulation} samples on {ranks} "
+            f"data-parallel rank(s): gradient_accumulation_steps {accumulation} -> "
+            f"{args.gradient_accumulation_steps}\n"
+        )
+
     def _note_reshard(self, manifest: dict[str, Any]) -> None:
         """Say so when a checkpoint of another world size or strategy is resumed (resharded)."""
         saved_world, saved_strategy = manifest.get("world_size"), manifest.get("parallelism", "ddp")
         if saved_world == self.env.world_size and saved_strategy == self.strategy.name:
             return
         if self.env.is_main_process:
-            import sys
-
             sys.stderr.write(
                 f"forgather: resharding checkpoint {manifest.get('step')} from {saved_strategy} on "
                 f"{saved_world} process(es) to {self.strategy.describe()} on {self.env.world_size}; "
@@ -653,6 +685,7 @@ class Trainer:
             rank=self.strategy.data_parallel()[0],
             world_size=self.strategy.data_parallel()[1],
             max_batches=self.args.max_eval_steps,
+            equal_counts=self.strategy.sharded,
         )
         return DataLoader(
             dataset,

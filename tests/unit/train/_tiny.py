@@ -106,13 +106,24 @@ def launch(
     weights: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
     model: str = "llama",
+    node: tuple[int, int, int] | None = None,
 ):
-    """Start `run_trainer` as its own process group (under torchrun when nproc > 1)."""
+    """Start `run_trainer` as its own process group (under torchrun when nproc > 1).
+
+    `node=(node_rank, nnodes, port)` starts one node of a multi-node torchrun job on this machine
+    (static rendezvous at 127.0.0.1:port), `nproc` processes on it.
+    """
     import subprocess
     import sys
 
     command = [sys.executable]
-    if nproc > 1:
+    if node is not None:
+        node_rank, nnodes, port = node
+        command += [
+            "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+            f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
+        ]  # fmt: skip
+    elif nproc > 1:
         command += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += [
         "-m",

@@ -77,6 +77,20 @@ def test_eval_batches_are_dealt_round_robin_and_limited_in_total():
     assert ranks == [[[0, 1, 2], [6, 7, 8]], [[3, 4, 5]]]
 
 
+def test_sharded_eval_gives_every_rank_as_many_batches_counting_only_its_own():
+    # a sharded model's forward is a collective: a rank without batches would hang the others
+    samplers = [
+        EvalBatchSampler(10, 3, rank=r, world_size=3, max_batches=4, equal_counts=True)
+        for r in range(3)
+    ]
+    assert [list(s) for s in samplers] == [
+        [[0, 1, 2], [9]],
+        [[3, 4, 5], [0, 1, 2]],  # a repeat, to keep step
+        [[6, 7, 8], [0, 1, 2]],
+    ]
+    assert [s.real_batches for s in samplers] == [2, 1, 1]
+
+
 def test_environment_reads_only_torchrun_variables():
     env = DistributedEnvironment.from_env(
         {
