@@ -162,6 +162,7 @@ def worker(options: argparse.Namespace) -> None:
             args=args, model_init=model_init, train_dataset=dataset, callbacks=[Timer()]
         )
         trainer.train()
+        model_size = parameter_count(trainer)
         measured = timings[-1] - timings[options.warmup - 1]
         peak = peak_memory(options.device)
         total_sent = sent["bytes"] + getattr(trainer.strategy, "bytes_reduced", 0)
@@ -186,10 +187,37 @@ def worker(options: argparse.Namespace) -> None:
                 else None,
                 "train_loss": loss,
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
+                "flops_per_token": flops_per_token(hidden, layers, options.seq_len, model_size),
             }
             with open(options.result, "a") as f:
                 f.write(json.dumps(record) + "\n")
         trainer.close()
+
+
+def parameter_count(trainer) -> int:
+    """The whole model's parameter count (every rank's shards and stages summed)."""
+    import torch
+
+    local = sum(local_bytes(p) // p.element_size() for p in trainer.model.parameters())
+    if trainer.strategy.name == "pipeline":
+        total = torch.tensor([local], dtype=torch.float64, device=trainer.device)
+        return int(trainer.env.all_reduce(total).item())
+    if trainer.strategy.name == "fsdp":
+        return sum(p.numel() for p in trainer.model.parameters())  # DTensors: the global numel
+    return local
+
+
+def flops_per_token(hidden: int, layers: int, seq_len: int, parameters: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward and backward) plus the attention scores
+    and their product with the values, 12 x layers x hidden x sequence (the usual MFU estimate)."""
+    return 6 * parameters + 12 * layers * hidden * seq_len
+
+
+def mfu_column(row: dict, peak_tflops: float | None) -> str:
+    if not peak_tflops:
+        return f"{'-':>7}"
+    achieved = row["tokens_per_s"] * row["flops_per_token"] / row["nproc"]
+    return f"{100 * achieved / (peak_tflops * 1e12):>6.1f}%"
 
 
 def run_row(options: argparse.Namespace, strategy: str, nproc: int, result: Path) -> None:
@@ -234,7 +262,14 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per process (CPU)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's dense peak for MFU (default on cuda: 989, an H100/H200 in bf16)",
+    )
     options = parser.parse_args()
+    if options.peak_tflops is None and options.device == "cuda":
+        options.peak_tflops = 989.0
     if options.worker:
         worker(options)
         return
@@ -252,12 +287,13 @@ def main() -> None:
         f"global batch {options.batch_size} x {options.seq_len} tokens, {options.steps} steps"
     )
     header = (
-        f"{'strategy':<10}{'procs':>6}{'tokens/s':>12}{'vs ddp':>8}"
-        f"{'state/rank MiB':>16}{'vs ddp':>8}{'peak RSS MiB':>14}{'vs ddp':>8}"
+        f"{'strategy':<10}{'procs':>6}{'tokens/s':>12}{'vs ddp':>8}{'MFU':>7}"
+        f"{'state/rank MiB':>16}{'vs ddp':>8}{'peak MiB':>14}{'vs ddp':>8}"
         f"{'sync MiB/step':>15}{'vs ddp':>8}"
     )
     print(header)
     print("-" * len(header))
+    # peak: CUDA's max_memory_allocated per GPU; CPU: the peak resident set per process
     for row in rows:
         base = next(r for r in rows if r["strategy"] == "ddp" and r["nproc"] == row["nproc"])
         peak = max(row["peak_bytes"]) / 2**20
@@ -266,7 +302,7 @@ def main() -> None:
         base_state = max(base["state_bytes"]) / 2**20
         print(
             f"{row['strategy']:<10}{row['nproc']:>6}{row['tokens_per_s']:>12.0f}"
-            f"{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}"
+            f"{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}{mfu_column(row, options.peak_tflops)}"
             f"{state:>16.0f}{state / base_state:>8.2f}{peak:>14.0f}{peak / base_peak:>8.2f}"
             f"{sync_column(row, base)}"
         )
