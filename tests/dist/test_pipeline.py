@@ -91,6 +91,85 @@ def test_four_stages_on_four_processes_match_one_process(single):
     assert (manifest["parallelism"], manifest["world_size"]) == ("pipeline", 4)
 
 
+def test_two_stages_each_sharded_over_two_ranks_match_one_process(single, tmp_path):
+    """2-D: 2 pipeline stages x FSDP over 2 ranks each, on 4 processes. Each stage's two ranks
+    split the batch: 2 micro-batches of 2 samples each, x 2 = the same 8 samples per step."""
+    two_d = {
+        **PIPELINE,
+        "per_device_train_batch_size": 2,
+        "pipeline_fsdp": 2,
+        "output_dir": str(single / "pp2xfsdp2"),
+    }
+    run(two_d, single / "pp2xfsdp2.jsonl", weights=single / "pp2xfsdp2.pt", nproc=4,
+                 model="forgather")  # fmt: skip
+    assert_same_run(single, "pp2xfsdp2", rel=1e-4)
+    manifest = read_manifest(single / "pp2xfsdp2" / "checkpoints" / "checkpoint-12")
+    assert (manifest["parallelism"], manifest["world_size"]) == ("pipeline", 4)
+    # every rank wrote its own shard (FSDP within a stage, stages across the pipeline)
+    assert {f"model/__{r}_0.distcp" for r in range(4)} <= set(manifest["files"])
+
+    # and its checkpoint 8 resumes in one process (the stages' shards make up the whole model)
+    shutil.copytree(
+        single / "pp2xfsdp2" / "checkpoints" / "checkpoint-8",
+        tmp_path / "out" / "checkpoints" / "checkpoint-8",
+    )
+    output = run(
+        {**SINGLE, "output_dir": str(tmp_path / "out"), "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
+        model="forgather",
+    )
+    assert "from pipeline on 4 process(es) to ddp on 1" in output
+    straight = {r["step"]: r for r in read_records(single / "pp2xfsdp2.jsonl") if "loss" in r}
+    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+
+
+def test_built_on_meta_each_rank_materialises_its_stages_and_resumes_exactly(single, tmp_path):
+    meta = {**PIPELINE, "pipeline_schedule": "1F1B", "pipeline_build_on_meta": True}
+    # resumed from the 1F1B run's checkpoint 8, stages built on meta continue bit for bit
+    source = single / two_stage_run(single, "1F1B") / "checkpoints" / "checkpoint-8"
+    shutil.copytree(source, tmp_path / "out" / "checkpoints" / "checkpoint-8")
+    run(
+        {**meta, "output_dir": str(tmp_path / "out"), "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
+        nproc=2,
+        model="forgather",
+    )
+
+    def after(path, step):
+        return [
+            {k: r[k] for k in KEYS if k in r}
+            for r in read_records(path)
+            if r["step"] > step and "train_runtime" not in r
+        ]
+
+    assert after(tmp_path / "resumed.jsonl", 8) == after(single / "pp2-1F1B.jsonl", 8)
+
+    # from scratch: the first and last stage initialise the tied embedding alike, and it learns
+    run({**meta, "output_dir": str(tmp_path / "fresh")}, tmp_path / "fresh.jsonl",
+        weights=tmp_path / "fresh.pt", nproc=2, model="forgather")  # fmt: skip
+    losses = [r["loss"] for r in read_records(tmp_path / "fresh.jsonl") if "loss" in r]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    weights = torch.load(tmp_path / "fresh.pt", weights_only=True)
+    # the last stage's copy was updated with the summed gradient, as the first stage's
+    assert torch.equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+
+
+def test_pipeline_fsdp_that_does_not_divide_the_world_is_one_clear_error(tmp_path):
+    process = launch(
+        {**PIPELINE, "pipeline_fsdp": 3, "output_dir": str(tmp_path / "out")},
+        tmp_path / "log.jsonl",
+        nproc=2,
+        model="forgather",
+    )
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "pipeline_fsdp=3 does not divide the world size 2" in output
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 def test_pipeline_kill_9_then_resume_is_bit_exact(single, tmp_path):
     args = {**PIPELINE, "pipeline_schedule": "1F1B", "output_dir": str(tmp_path / "out")}
     run(args, tmp_path / "straight.jsonl", nproc=2, model="forgather")

@@ -18,7 +18,14 @@ PROJECT = Path(__file__).resolve().parents[2] / "examples" / "tiny_experiments" 
 
 @pytest.mark.parametrize(
     ("config", "nproc"),
-    [("ddp.yaml", 2), ("fsdp.yaml", 2), ("hsdp.yaml", 4), ("pipeline.yaml", 2), ("diloco.yaml", 2)],
+    [
+        ("ddp.yaml", 2),
+        ("fsdp.yaml", 2),
+        ("hsdp.yaml", 4),
+        ("pipeline.yaml", 2),
+        ("pipeline_fsdp.yaml", 4),
+        ("diloco.yaml", 2),
+    ],
 )
 def test_each_strategy_config_runs_end_to_end(forgather, tmp_path, config, nproc):
     output_dir = tmp_path / "out"
@@ -28,7 +35,9 @@ def test_each_strategy_config_runs_end_to_end(forgather, tmp_path, config, nproc
         "trainer_args.save_steps=4", "trainer_args.logging_steps=2",
     )  # fmt: skip
     assert run.returncode == 0, run.describe()
-    strategy = config.removesuffix(".yaml").replace("hsdp", "fsdp")
+    strategy = {"hsdp": "fsdp", "pipeline_fsdp": "pipeline"}.get(
+        config.removesuffix(".yaml"), config.removesuffix(".yaml")
+    )
     assert re.search(rf"^\s*parallelism\s+{strategy}$", run.stdout, re.MULTILINE), run.stdout
     assert re.search(r"^validation loss \d+\.\d+ nats/token", run.stdout, re.MULTILINE)
     assert "--- sample ---" in run.stdout  # the whole model, gathered to rank 0 if it was split

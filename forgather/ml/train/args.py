@@ -247,7 +247,20 @@ class TrainingArguments:
 
     pipeline_stages_per_rank: int | None = None
     """Pipeline: stages each rank runs; None means 1 for GPipe and 1F1B, 2 for the interleaved,
-    looped and zero-bubble schedules (ZBV needs 2). World size x this must divide the layers."""
+    looped and zero-bubble schedules (ZBV needs 2). Pipeline ranks x this must divide the layers."""
+
+    pipeline_build_on_meta: bool = False
+    """Pipeline: build the model on the `meta` device (no memory) and materialise only this rank's
+    stages, directly on its device, each module initialised from the seed and its name (the tied
+    embedding alike on the first and last stage). For models whose whole fp32 copy per process does
+    not fit host memory. The initial weights differ from a one-process build's (same
+    distributions); a resumed run's are the checkpoint's either way. Needs `model_init`."""
+
+    pipeline_fsdp: int = 1
+    """Pipeline x FSDP (2-D): shard every stage with FSDP2 over this many ranks, which split the
+    batch between them; world size = pipeline_fsdp x pipeline ranks. Consecutive ranks (a node's)
+    share a stage, so the FSDP all-gathers stay inside a node and only activations cross nodes. The
+    `fsdp_*` options apply to the stages."""
 
     diloco_sync_every: int = 50
     """DiLoCo: inner optimizer steps between synchronisations (H); the workers all-reduce once per
@@ -355,6 +368,7 @@ class TrainingArguments:
             f"must be None or one of {FSDP_DTYPES}",
         )
         require(self.fsdp_replicate >= 1, "fsdp_replicate", "must be >= 1")
+        require(self.pipeline_fsdp >= 1, "pipeline_fsdp", "must be >= 1")
         require(
             self.pipeline_schedule in PIPELINE_SCHEDULES,
             "pipeline_schedule",

@@ -130,14 +130,17 @@ class Trainer:
         self.device = self.env.default_device(args.device)
         self.env.init_process_group(self.device, args.ddp_backend, args.ddp_timeout)
         set_seed(args.seed)
+        self.strategy = make_strategy(args, self.env, self.device)
+        # a strategy that materialises only its part builds the model on `meta` (no memory)
+        on_meta = model is None and self.strategy.builds_on_meta
         if model is None:
             if model_init is None:
                 raise ValueError("Trainer needs a model or a model_init")
-            model = model_init()
+            with torch.device("meta") if on_meta else nullcontext():
+                model = model_init()
         check_vocab(model, processing_class)
-        self.model = model.to(self.device)
+        self.model = model if on_meta else model.to(self.device)
         self.wrapped_model: torch.nn.Module = self.model
-        self.strategy = make_strategy(args, self.env, self.device)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         if data_collator is None:

@@ -120,3 +120,39 @@ def test_pipeline_in_one_process_trains_the_plain_model_like_ddp(tmp_path):
         ).train()
         losses[name] = recorder.step_losses()
     assert losses["pipeline"] == losses["ddp"] and len(losses["ddp"]) == 3
+
+
+def test_a_model_built_on_meta_is_materialised_and_initialised_like_a_normal_build(tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "meta"),
+        parallelism="pipeline",
+        pipeline_build_on_meta=True,
+        max_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        device="cpu",
+    )
+    recorder = Recorder()
+    trainer = Trainer(
+        args=args,
+        model_init=tiny_forgather,
+        train_dataset=ProgressionDataset(16, seed=1),
+        callbacks=[recorder],
+    )
+    assert all(p.is_meta for p in trainer.model.parameters())  # nothing allocated yet
+    model = trainer.strategy.prepare(trainer.model)
+    assert not any(p.is_meta for p in model.parameters())
+    normal = tiny_forgather()
+    built = dict(model.named_parameters())
+    for name, reference in normal.named_parameters():
+        value = built[name]
+        if name.endswith("norm.weight"):
+            assert torch.equal(value, torch.ones_like(value)), name
+        else:  # the same initialisation scheme: N(0, initializer_range)
+            assert value.std().item() == pytest.approx(reference.std().item(), rel=0.15), name
+            assert not torch.equal(value, reference), name  # from the seed and the name
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    trainer.model = model
+    trainer.train()
+    losses = recorder.step_losses()
+    assert len(losses) == 3 and all(loss == loss for loss in losses.values())

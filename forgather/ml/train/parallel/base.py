@@ -48,6 +48,8 @@ class Strategy:
     name = "single"
     #: Whether each rank holds only a shard of the weights (then `full_state_dict` gathers them).
     sharded = False
+    # True: the trainer builds the model on the meta device and `prepare` materialises it
+    builds_on_meta = False
     #: Whether the strategy runs a step's forward and backward itself (`forward_backward`).
     runs_steps = False
 

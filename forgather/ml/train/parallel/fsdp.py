@@ -38,6 +38,21 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
+def shard_options(args, mesh) -> dict:
+    """`fully_shard` keyword arguments from the `fsdp_*` training arguments, on `mesh`."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    options = {"mesh": mesh, "reshard_after_forward": args.fsdp_reshard_after_forward}
+    name = args.fsdp_param_dtype or ("bfloat16" if args.bf16 else None)
+    if name not in (None, "float32"):
+        options["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=getattr(torch, name), reduce_dtype=torch.float32
+        )
+    if args.fsdp_cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    return options
+
+
 class FSDPStrategy(Strategy):
     """FSDP2 over all ranks (HSDP with `fsdp_replicate`); the plain model in one process."""
 
@@ -64,28 +79,14 @@ class FSDPStrategy(Strategy):
             )
         if not self.env.is_distributed:
             return model
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        options = {
-            "mesh": self._mesh(),
-            "reshard_after_forward": self.args.fsdp_reshard_after_forward,
-        }
-        param_dtype = self._param_dtype()
-        if param_dtype is not None:
-            options["mp_policy"] = MixedPrecisionPolicy(
-                param_dtype=param_dtype, reduce_dtype=torch.float32
-            )
-        if self.args.fsdp_cpu_offload:
-            options["offload_policy"] = CPUOffloadPolicy()
+        options = shard_options(self.args, self._mesh())
         for block in blocks:
             fully_shard(block, **options)
         fully_shard(model, **options)
         self._root = model
         return model
-
-    def _param_dtype(self) -> torch.dtype | None:
-        name = self.args.fsdp_param_dtype or ("bfloat16" if self.args.bf16 else None)
-        return None if name in (None, "float32") else getattr(torch, name)
 
     def _mesh(self):
         from torch.distributed.device_mesh import init_device_mesh

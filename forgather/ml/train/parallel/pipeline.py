@@ -7,6 +7,12 @@ others are dropped before the optimizer is made, so it holds only its share of t
 optimizer state) and runs `torch.distributed.pipelining` with the chosen schedule. The
 gradient-accumulation micro-batches of an optimizer step are the pipeline's micro-batches.
 
+With `pipeline_fsdp` D > 1 (2-D) the world is a (world/D) x D mesh: the D consecutive ranks of a
+row run the same stages, each stage sharded over them with FSDP2 (per decoder layer and at the
+stage's root), and they split the batch; the pipeline's sends and receives go between the ranks of
+a column. torch's pipeline stages drive FSDP's gradient sync (reduce-scatter after the last
+micro-batch only).
+
 Parameter names stay those of the whole model (layers live in a `ModuleDict` keyed by their
 original index), so checkpoints are interchangeable with every other strategy. Tied input and output
 embeddings stay tied: the first and last stages each hold the weight, start equal, and add their
@@ -16,6 +22,8 @@ the data); each micro-batch's position ids and attention mask travel with its hi
 
 from __future__ import annotations
 
+import math
+import zlib
 from typing import Any
 
 import torch
@@ -23,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from forgather.errors import ForgatherError
+from forgather.ml.models.transformer.norms import RMSNorm
 from forgather.ml.train.parallel.base import Strategy
 
 # name: (torch class, stage layout): "single" one stage per rank; "loop" stage r, r+W, r+2W, ...;
@@ -115,6 +124,28 @@ class StageModule(nn.Module):
         return hidden, position_ids, attention_mask
 
 
+def _name_seed(seed: int, name: str) -> int:
+    """A seed from the run's seed and a module's name, the same in every process."""
+    return zlib.crc32(f"{seed}:{name}".encode())
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _as_embedding(weight: nn.Parameter) -> nn.Embedding:
+    """An embedding module around `weight` (no copy), so it is initialised as the embedding is."""
+    module = nn.Embedding.__new__(nn.Embedding)
+    nn.Module.__init__(module)
+    module.weight = weight
+    return module
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank's own part of a tensor: an FSDP shard's local tensor, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _is_forgather_lm(model: nn.Module) -> bool:
     inner = getattr(model, "model", None)
     return (
@@ -149,8 +180,23 @@ class PipelineStrategy(Strategy):
         self.per_rank = per_rank
         if not self.env.is_distributed:  # one process, one stage: the plain model, as ddp
             self.runs_steps = self.sharded = False
-        self.num_stages = self.env.world_size * per_rank
-        self.my_stages = stage_ids(self.env.rank, self.env.world_size, per_rank, self.layout)
+        world, self.dp = self.env.world_size, self.args.pipeline_fsdp
+        if world % self.dp:
+            raise PipelineSetupError(
+                f"pipeline_fsdp={self.dp} does not divide the world size {world}"
+            )
+        self.pp_size = world // self.dp
+        if self.dp > 1 and self.pp_size < 2:
+            raise PipelineSetupError(
+                f"pipeline_fsdp={self.dp} on {world} ranks leaves one pipeline rank: use "
+                "parallelism=fsdp, or more ranks"
+            )
+        self.pp_rank, self.dp_rank = divmod(self.env.rank, self.dp)
+        self.num_stages = self.pp_size * per_rank
+        self.my_stages = stage_ids(self.pp_rank, self.pp_size, per_rank, self.layout)
+        self._pp_group = None
+        self._dp_mesh = None
+        self.builds_on_meta = bool(self.args.pipeline_build_on_meta)
         self._stage_modules: list[StageModule] = []
         self._schedules: dict[int, Any] = {}
         self._tie_group = None
@@ -160,13 +206,15 @@ class PipelineStrategy(Strategy):
         self.loss_fn = None
 
     def describe(self) -> str:
+        sharding = f", each sharded over {self.dp} ranks" if self.dp > 1 else ""
         return (
-            f"pipeline ({self.args.pipeline_schedule}, {self.num_stages} stages, "
+            f"pipeline ({self.args.pipeline_schedule}, {self.num_stages} stages{sharding}, "
             f"stages {self.my_stages} on rank {self.env.rank})"
         )
 
     def data_parallel(self) -> tuple[int, int]:
-        return 0, 1  # every pipeline rank sees the whole batch
+        # the ranks of one stage (pipeline_fsdp) split the batch; a column of stages shares one
+        return self.dp_rank, self.dp
 
     def holds_first(self) -> bool:
         return 0 in self.my_stages
@@ -185,9 +233,23 @@ class PipelineStrategy(Strategy):
         self._digest = model_digest(model)  # of the whole model, before it is cut
         inner = model.model
         ranges = layer_ranges(len(inner.layers), self.num_stages)
-        if not self.env.is_distributed:  # one process, one stage: the plain model
-            return model
+        on_meta = any(p.is_meta for p in model.parameters())
         tied = model.lm_head.weight is inner.embed_tokens.weight
+        if not self.env.is_distributed:  # one process, one stage: the plain model
+            return self._materialise(model, tied) if on_meta else model
+        if self.dp > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(
+                self.device.type, (self.pp_size, self.dp), mesh_dim_names=("pp", "dp")
+            )
+            self._pp_group, self._dp_mesh = mesh["pp"].get_group(), mesh["dp"]
+            if tied and self.holds_first() and self.holds_last():
+                raise PipelineSetupError(
+                    f"pipeline_fsdp with pipeline_schedule={self.args.pipeline_schedule} puts the "
+                    "first and last stage on one rank, which FSDP cannot shard with tied "
+                    "embeddings; pick another schedule"
+                )
         if tied and self.env.is_distributed:
             self._setup_tied_weights(model)
         mine = sorted(i for stage in self.my_stages for i in ranges[stage])
@@ -200,6 +262,8 @@ class PipelineStrategy(Strategy):
             model.lm_head = None
         if last and not first and tied:  # keep the last stage's copy a parameter of its own
             model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+        if on_meta:
+            self._materialise(model, tied)
         if tied and (first or last):
             self._tied = inner.embed_tokens.weight if first else model.lm_head.weight
         model.pipeline_stage = self.describe()  # callbacks that need the whole model look here
@@ -213,35 +277,86 @@ class PipelineStrategy(Strategy):
             )
             for stage in self.my_stages
         ]
+        if self.dp > 1:
+            self._shard_stages()
+            if tied and (first or last):  # sharding replaced the parameter objects
+                self._tied = inner.embed_tokens.weight if first else model.lm_head.weight
         return model
 
-    def _setup_tied_weights(self, model: nn.Module) -> None:
-        """A group of the ranks holding the first and the last stage (every rank must join)."""
-        world = self.env.world_size
-        first_rank = next(
-            r for r in range(world) if 0 in stage_ids(r, world, self.per_rank, self.layout)
-        )
-        last_rank = next(
-            r
-            for r in range(world)
-            if self.num_stages - 1 in stage_ids(r, world, self.per_rank, self.layout)
-        )
-        if first_rank != last_rank:
-            group = dist.new_group(sorted({first_rank, last_rank}))
-            if self.env.rank in (first_rank, last_rank):
-                self._tie_group = group
-            # the tied weight counts once in the gradient norm: on the first stage's rank
-            self._count_tied_here = self.env.rank == first_rank
+    def _materialise(self, model: nn.Module, tied: bool) -> nn.Module:
+        """Give the modules left on this rank (built on meta) memory on its device, and initialise
+        each with the model's own `_init_weights`, seeded by the run's seed and the module's name,
+        so every rank initialises a module it holds alike (the tied embedding and its copy on the
+        last stage included)."""
+        known = (nn.Embedding, nn.Linear, nn.LayerNorm, RMSNorm)
+        for name, module in model.named_modules():
+            if any(True for _ in module.parameters(recurse=False)) and not isinstance(
+                module, known
+            ):
+                raise PipelineSetupError(
+                    f"pipeline_build_on_meta: cannot initialise {name} ({type(module).__name__}) "
+                    "after building on meta; build the model normally"
+                )
+        inner = model.model
+        model.to_empty(device=self.device)
+        shared = tied and inner.embed_tokens is not None and model.lm_head is not None
+        if shared:  # first and last stage on this rank: one weight again
+            model.lm_head.weight = inner.embed_tokens.weight
+        for name, module in model.named_modules():
+            if not isinstance(module, known):
+                continue
+            if name == "lm_head" and tied:
+                if shared:
+                    continue  # the embedding's weight
+                # the last stage's copy of the tied weight starts as the embedding does
+                name, module = "model.embed_tokens", _as_embedding(module.weight)
+            with torch.random.fork_rng(devices=_rng_devices(self.device)):
+                torch.manual_seed(_name_seed(self.args.seed, name))
+                model._init_weights(module)
+        return model
 
-    def _schedule(self, n: int, train: bool):
-        """The schedule for `n` micro-batches (evaluation gets its own: some schedules keep
-        per-stage state that a forward-only run would change)."""
-        key = (n, train)
+    def _shard_stages(self) -> None:
+        """FSDP2 over the stage's ranks: each decoder layer, then each stage's root."""
+        from torch.distributed.fsdp import fully_shard
+
+        from forgather.ml.train.parallel.fsdp import shard_options
+
+        options = shard_options(self.args, self._dp_mesh)
+        for module in self._stage_modules:
+            for layer in module.layers:
+                fully_shard(layer, **options)
+            fully_shard(module, **options)
+
+    def _setup_tied_weights(self, model: nn.Module) -> None:
+        """Groups of the ranks holding the first and the last stage, one per position within a
+        stage's FSDP ranks (every rank must join every group)."""
+        size = self.pp_size
+        first = next(r for r in range(size) if 0 in stage_ids(r, size, self.per_rank, self.layout))
+        last = next(
+            r
+            for r in range(size)
+            if self.num_stages - 1 in stage_ids(r, size, self.per_rank, self.layout)
+        )
+        if first != last:
+            for position in range(self.dp):
+                ranks = sorted({first * self.dp + position, last * self.dp + position})
+                group = dist.new_group(ranks)
+                if self.env.rank in ranks:
+                    self._tie_group = group
+            # the tied weight counts once in the gradient norm: on the first stage's ranks
+            self._count_tied_here = self.pp_rank == first
+
+    def _schedule(self, n: int, train: bool, shape: tuple):
+        """The schedule for `n` micro-batches of a batch of `shape` (evaluation gets its own: some
+        schedules keep per-stage state that a forward-only run would change). Stages size their
+        send and receive buffers at their first step, so each micro-batch shape (an evaluation
+        set's last, shorter batch) gets stages of its own."""
+        key = (n, train, shape)
         if key not in self._schedules:
             from torch.distributed.pipelining import PipelineStage, schedules
 
             stages = [
-                PipelineStage(module, stage, self.num_stages, self.device)
+                PipelineStage(module, stage, self.num_stages, self.device, group=self._pp_group)
                 for module, stage in zip(self._stage_modules, self.my_stages, strict=True)
             ]
             cls = getattr(schedules, self.schedule_class)
@@ -265,7 +380,12 @@ class PipelineStrategy(Strategy):
 
     def _run(self, batch: dict[str, Any], n: int, train: bool) -> torch.Tensor:
         self._current_n = n
-        schedule = self._schedule(n, train)
+        shape: tuple = tuple(batch["input_ids"].shape)
+        if self.dp > 1:
+            # a new shape builds new stages, whose first step runs a shape-inference forward: the
+            # ranks of a stage (FSDP collectives in every forward) must build them together
+            shape = tuple(self.env.all_gather_object(shape))
+        schedule = self._schedule(n, train, shape)
         ids = batch["input_ids"]
         labels = batch.get("labels")
         if labels is None:
@@ -286,8 +406,9 @@ class PipelineStrategy(Strategy):
         loss = torch.zeros((), device=self.device)
         if losses:
             loss = torch.stack([x.detach().float() for x in losses]).sum()
-        # the loss exists on the last stage's rank: make every rank hold it
-        return self.env.all_reduce(loss)
+        # the loss exists on the last stage's ranks: make every rank hold it (the mean over the
+        # stage's FSDP ranks, which each ran a part of the batch)
+        return self.env.all_reduce(loss) / self.dp
 
     def forward_backward(
         self, micro_batches: list[dict[str, Any]], loss_fn: Any, autocast: Any
@@ -304,7 +425,7 @@ class PipelineStrategy(Strategy):
                 f"pipeline micro-batches must be of one size, got {sorted(sizes)} "
                 "(dataloader_drop_last keeps them equal)"
             )
-        repeats = -(-self.env.world_size // len(micro_batches))  # ceil
+        repeats = -(-self.pp_size // len(micro_batches))  # ceil
         micro_batches = micro_batches * repeats
         batch = {
             key: torch.cat([mb[key] for mb in micro_batches])
@@ -316,7 +437,7 @@ class PipelineStrategy(Strategy):
         with autocast():
             loss = self._run(batch, len(micro_batches), train=True)
         if self._tie_group is not None and self._tied.grad is not None:
-            dist.all_reduce(self._tied.grad, group=self._tie_group)
+            dist.all_reduce(_local(self._tied.grad), group=self._tie_group)
         return loss
 
     def eval_loss(self, batch: dict[str, Any], loss_fn: Any, autocast: Any) -> torch.Tensor:
@@ -339,16 +460,24 @@ class PipelineStrategy(Strategy):
     def _eval_chunks(self, batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """The batch (repeated if it has fewer rows than the schedule needs micro-batches) and a
         micro-batch count that divides its rows, as near the training count as there is: equal
-        micro-batches, so the mean of their losses is the batch's."""
+        micro-batches, so the mean of their losses is the batch's.
+
+        Under `pipeline_fsdp` the ranks of a stage must run as many micro-batches as each other
+        (each forward is an FSDP collective) although their batches may differ in size: always
+        one per pipeline rank, each batch repeated until its rows divide by that."""
         rows = len(batch["input_ids"])
-        least = self.env.world_size
-        if rows < least:
-            repeats = -(-least // rows)
+        least = self.pp_size
+        repeats = -(-least // rows) if rows < least else 1
+        if self.dp > 1:
+            repeats = least // math.gcd(rows, least)
+        if repeats > 1:
             batch = {
                 k: v.repeat(repeats, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
             rows *= repeats
+        if self.dp > 1:
+            return batch, least
         wanted = getattr(self, "_n", self.args.gradient_accumulation_steps)
         divisors = [d for d in range(least, rows + 1) if rows % d == 0]
         return batch, min(divisors, key=lambda d: (abs(d - wanted), d))
@@ -360,8 +489,9 @@ class PipelineStrategy(Strategy):
             for p in model.parameters()
             if p.grad is not None and (self._count_tied_here or p is not self._tied)
         ]
+        # every rank's gradients (and FSDP shards) are distinct: their squares add up to the norm
         local = (
-            torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+            torch.stack([_local(g).detach().float().pow(2).sum() for g in grads]).sum()
             if grads
             else torch.zeros((), device=self.device)
         )
@@ -370,14 +500,21 @@ class PipelineStrategy(Strategy):
             coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for p in model.parameters():
                 if p.grad is not None:
-                    p.grad.detach().mul_(coefficient.to(p.grad.device))
+                    _local(p.grad).detach().mul_(coefficient.to(p.grad.device))
         return norm
 
     def model_digest(self, model: nn.Module) -> str:
         return self._digest
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        own = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # FSDP shards are gathered within each stage's ranks (a collective of those ranks); one
+        # copy of each stage goes to rank 0
+        own = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+            for k, v in model.state_dict().items()
+        }
+        if self.dp_rank != 0:
+            own = {}
         parts = self.env.gather_object(own)
         if not self.env.is_main_process:
             return None
