@@ -166,6 +166,8 @@ class Project:
             )
         self.config_name = name
         self.config_vars = dict(config_vars)
+        if os.path.isabs(self.template_name):  # a config selected by its path (-t /path/x.yaml)
+            self.environment.config_loader.allow_file(self.template_name)
         self.config: Config = load_config(self.environment, self.template_name, **config_vars)
         self.overrides = list(overrides)
         apply_overrides(self.config.graph, self.overrides)

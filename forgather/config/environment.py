@@ -59,16 +59,36 @@ class ConfigLoader(BaseLoader):
         self.by_filename: dict[str, LoadedTemplate] = {}
         self.strings: dict[str, str] = {}
         self.loaded: list[str] = []  # names in the order Jinja asked for them
+        self.entry_files: set[str] = set()  # absolute names allowed (see allow_file)
 
     def add_template(self, name: str, text: str) -> None:
         """Make `text` available as template `name` (it may hold sub-templates too)."""
         self.strings[name] = text
         self.templates.pop(name, None)
 
+    def allow_file(self, path: str | os.PathLike) -> None:
+        """Let the absolute template name `path` load (the config file a user selected by path)."""
+        self.entry_files.add(os.path.abspath(path))
+
     def find_file(self, name: str) -> str | None:
-        """The file that template `name` lives in, searching the path in order."""
-        if os.path.isabs(name) and os.path.isfile(name):
-            return name
+        """The file that template `name` lives in, searching the path in order.
+
+        Names are relative to the search path: an absolute name (other than a config file the user
+        selected by path) or one with a `..` segment is refused, so `include`, `import` and
+        `extends` read only templates on the search path.
+        """
+        if os.path.isabs(name):
+            if os.path.abspath(name) in self.entry_files and os.path.isfile(name):
+                return os.path.abspath(name)
+            raise errors.TemplateAccessError(
+                f"template name {name!r} is absolute: include, import and extend templates by "
+                f"names relative to the search path ({', '.join(self.searchpath)})"
+            )
+        if ".." in name.replace("\\", "/").split("/"):
+            raise errors.TemplateAccessError(
+                f"template name {name!r} climbs out of the search path ('..'): name templates "
+                f"relative to it ({', '.join(self.searchpath)})"
+            )
         for directory in self.searchpath:
             candidate = os.path.join(directory, name)
             if os.path.isfile(candidate):

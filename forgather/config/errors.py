@@ -31,6 +31,12 @@ class TemplateNotFoundError(ConfigError):
     kind = "template not found"
 
 
+class TemplateAccessError(ConfigError):
+    """A template name that is absolute or climbs out of the search path (`..`)."""
+
+    kind = "template access refused"
+
+
 class UndefinedVariableError(ConfigError):
     kind = "undefined variable"
 

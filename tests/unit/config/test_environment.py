@@ -387,3 +387,31 @@ def test_error_message_has_no_source_markers(tmp_path):
     with pytest.raises(errors.ConfigError) as info:
         render("a: 1\nb: {{ 'x' + 1 }}\n")
     assert MARK_OPEN not in str(info.value)
+
+
+# ---- template file access -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "message"),
+    [
+        ('{% include "/etc/hostname" %}', "template name '/etc/hostname' is absolute"),
+        ('{% include "../../../../etc/os-release" %}', "climbs out of the search path"),
+        ('{% extends "/etc/os-release" %}', "is absolute"),
+        ('{% import "sub/../../secret.yaml" as s %}', "climbs out of the search path"),
+    ],
+)
+def test_templates_outside_the_search_path_are_refused(tmp_path, statement, message):
+    templates = tmp_path / "project" / "templates"
+    write(templates, "ok.yaml", "ok: 1\n")
+    write(tmp_path, "secret.yaml", "password: hunter2\n")  # beside the search path, not on it
+    with pytest.raises(errors.TemplateAccessError, match=message) as raised:
+        render(statement, [str(templates)])
+    assert "hunter2" not in str(raised.value) and "PRETTY_NAME" not in str(raised.value)
+
+
+def test_templates_on_the_search_path_still_load_from_subdirectories(tmp_path):
+    templates = tmp_path / "templates"
+    write(templates, "sub/part.yaml", "part: 1\n")
+    assert render('{% include "sub/part.yaml" %}', [str(templates)]) == "part: 1"
+    assert render('{% include "./sub/part.yaml" %}', [str(templates)]) == "part: 1"
