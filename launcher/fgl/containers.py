@@ -15,7 +15,15 @@ from typing import Any
 from docker.types import DeviceRequest, Ulimit
 
 STACK_BYTES = 67108864
-SECRET_KEY = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.IGNORECASE)
+# Names whose values are secrets: tokens, keys, passwords (PASSWD, PGPASS, a PASS word),
+# credentials, auth, cookies, sessions, personal access tokens (a PAT word: never PATH).
+SECRET_KEY = re.compile(
+    r"TOKEN|SECRET|PASSW(OR)?D|PASSPHRASE|PGPASS|(^|[_.-])PASS($|[_.-])|KEY|CREDENTIAL|AUTH"
+    r"|COOKIE|SESSION|PRIVATE|(^|[_.-])PAT($|[_.-])",
+    re.IGNORECASE,
+)
+# The password of a URL's user-info: scheme://user:PASSWORD@host
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@/\s]+)(@)")
 MASK = "******"
 
 LABEL_RUN = "fgl.run"
@@ -30,17 +38,42 @@ def is_secret(key: str) -> bool:
     return bool(SECRET_KEY.search(key))
 
 
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` masked."""
+    return URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+
+
 def masked(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with the values of secret-looking keys replaced by a mask."""
-    return {k: (MASK if is_secret(k) else v) for k, v in env.items()}
+    """``env`` with the values of secret-looking keys replaced by a mask (and URL passwords)."""
+    return {k: (MASK if is_secret(k) else mask_urls(v)) for k, v in env.items()}
 
 
 def mask_text(text: str, env: dict[str, str]) -> str:
-    """``text`` with every secret value of ``env`` replaced by the mask."""
+    """``text`` with every secret value of ``env``, and every URL password, replaced by the mask."""
     for key, value in env.items():
         if is_secret(key) and value and len(value) >= 3:
             text = text.replace(value, MASK)
-    return text
+    return mask_urls(text)
+
+
+def mask_command(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """A command line safe to print or record: secret values of ``env``, URL passwords, and the
+    values of secret-looking options (``--api-key X``, ``--token=X``, ``hub_token=X``) masked."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if eq and is_secret(name):
+            out.append(f"{name}={MASK}")
+            continue
+        if arg.startswith("-") and not eq and is_secret(arg.lstrip("-")):
+            hide_next = True
+        out.append(mask_text(arg, env or {}))
+    return out
 
 
 @dataclass
@@ -181,5 +214,6 @@ def docker_run_line(kwargs: dict[str, Any], env_for_masking: dict[str, str] | No
     if kwargs.get("entrypoint") is not None:
         args.append(f"--entrypoint={shlex.join(kwargs['entrypoint'])}")
     args.append(kwargs["image"])
-    args += kwargs.get("command", [])
-    return mask_text(shlex.join(args), {**env, **(env_for_masking or {})})
+    secrets = {**env, **(env_for_masking or {})}
+    args += mask_command(kwargs.get("command", []), secrets)
+    return mask_text(shlex.join(args), secrets)

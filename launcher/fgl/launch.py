@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgl.containers import ContainerSpec, container_kwargs, docker_run_line, masked
+from fgl.containers import (
+    ContainerSpec,
+    container_kwargs,
+    docker_run_line,
+    mask_command,
+    masked,
+)
 from fgl.engine import Node, parallel, stop_and_remove
 from fgl.engine_notes import engine_key, load_notes, refuses_memlock, remember_memlock_refusal
 from fgl.errors import FglError, PreflightError
@@ -394,7 +400,7 @@ def _up_once(
     run.record(
         image=settings.image,
         image_id=pf.image_id,
-        command=command,
+        command=mask_command(command, settings.env),
         workspace=settings.workspace,
         working_dir=settings.working_dir,
         mounts=settings.mounts,

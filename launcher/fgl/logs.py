@@ -14,6 +14,7 @@ from typing import TextIO
 from rich.text import Text
 
 from fgl.containers import mask_text
+from fgl.files import private_file
 from fgl.output import console, node_colour
 
 
@@ -73,7 +74,7 @@ class LogSink:
             if self.run_dir is not None:
                 f = self._files.get(label)
                 if f is None:
-                    f = self._files[label] = open(self.path(label), "a", encoding="utf-8")  # noqa: SIM115
+                    f = self._files[label] = private_file(self.path(label), "a")
                 f.write(plain + "\n")
                 f.flush()
             if not self.prefixed:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from fgl.containers import is_memlock_refusal, without_memlock
 from fgl.errors import FglError
+from fgl.files import private_dir, private_file
 from fgl.inventory import NodeSpec
 from fgl.logs import LogSink, TorchrunReport
 from fgl.output import warn
@@ -46,7 +47,10 @@ class RunDir:
         self.path = (root or runs_root()) / run_id
 
     def create(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
+        """The run's directory, private to this user (0700, as is the runs root): its files
+        name hosts, keys and commands, and ``fgl down`` acts on what ``run.json`` says."""
+        private_dir(self.path.parent)
+        private_dir(self.path)
         return self
 
     def exists(self) -> bool:
@@ -110,7 +114,8 @@ def list_runs(root: Path | None = None) -> list[RunDir]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with private_file(tmp) as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
 
 

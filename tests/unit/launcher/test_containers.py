@@ -96,6 +96,16 @@ def test_no_workspace_means_no_mount_and_no_working_dir():
         ("DB_PASSWORD", True),
         ("api_key", True),
         ("HF_HOME", False),
+        # each of these printed in clear before (issue 17)
+        ("DB_PASSWD", True),
+        ("PGPASS", True),
+        ("GH_PAT", True),
+        ("CREDENTIALS", True),
+        ("AUTH", True),
+        ("SMTP_PASS", True),
+        ("PATH", False),
+        ("PYTHONPATH", False),
+        ("NCCL_SOCKET_IFNAME", False),
     ],
 )
 def test_secret_keys(key, secret):
@@ -109,6 +119,33 @@ def test_dry_run_line_masks_secret_values_everywhere():
     assert f"-e=HF_TOKEN={MASK}" in line and "-e=A=1" in line
     assert "--ulimit=memlock=-1" in line and "--init" in line and "--network=host" in line
     assert masked({"X_KEY": "v", "Y": "w"}) == {"X_KEY": MASK, "Y": "w"}
+
+
+def test_url_passwords_and_secret_options_are_masked_in_commands_and_env():
+    from fgl.containers import mask_command
+
+    url = "postgres://alice:s3cr3t@db:5432/runs"
+    assert masked({"DATABASE_URL": url}) == {"DATABASE_URL": "postgres://alice:******@db:5432/runs"}
+    command = [
+        "forgather", "train", "--api-key", "sk-live-123", "--token=abc", url,
+        "trainer_args.hub_token=hf_zzz", "--data", "/data/x", "plain=1",
+    ]  # fmt: skip
+    shown = mask_command(command, {"HF_TOKEN": "hf_secret"})
+    assert shown == [
+        "forgather", "train", "--api-key", MASK, f"--token={MASK}",
+        "postgres://alice:******@db:5432/runs", f"trainer_args.hub_token={MASK}",
+        "--data", "/data/x", "plain=1",
+    ]  # fmt: skip
+    kw = container_kwargs(spec(command=command))
+    line = docker_run_line(kw)
+    for secret in ("sk-live-123", "abc", "s3cr3t", "hf_zzz"):
+        assert secret not in line
+
+
+def test_labels_hold_no_environment_values():
+    kw = container_kwargs(spec())
+    values = set(kw["environment"].values())
+    assert not values & set(kw["labels"].values())
 
 
 def test_without_memlock_keeps_the_stack_limit():

@@ -7,6 +7,7 @@ same paths against the real engine.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 
@@ -118,6 +119,27 @@ def test_run_dir_round_trip(tmp_path):
     assert run.node_specs() == [spec]
     RunDir("fgl-20260102-000000-abcd", tmp_path).create().write_record({"nodes": []})
     assert [r.run_id for r in list_runs(tmp_path)] == ["fgl-20260102-000000-abcd", run.run_id]
+
+
+def test_run_dirs_and_their_files_are_private(tmp_path):
+    import stat
+
+    from fgl.logs import LogSink
+
+    root = tmp_path / "runs"
+    run = RunDir("fgl-20260101-000000-abcd", root).create()
+    run.write_record({"nodes": []})
+    run.write_result(0, "ok")
+    sink = LogSink(run.path, stream=open(os.devnull, "w"), colour=False)  # noqa: SIM115
+    sink.write("node-0", 0, "hello")
+    sink.close()
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root) == mode(run.path) == 0o700  # fgl down acts on what run.json says
+    for name in ("run.json", "result.json", "node-0.log"):
+        assert mode(run.path / name) == 0o600, name
 
 
 def test_unknown_run_says_how_to_find_runs(tmp_path):
