@@ -31,6 +31,7 @@ from fgl.errors import FglError
 MOUNT = "/models/model"
 MARKER = ".fgl-model"
 SKIPPED_DIRS = {"checkpoints", "runs", "__pycache__"}
+SKIPPED_FILES = {".forgather-run.lock"}  # the trainer's lock of its output directory
 # What serving a training checkpoint needs (never the optimizer state): its manifest, its weights
 # (`model/`, sharded DCP files; `model.safetensors` in format 1) and its model config (`hf/`).
 CHECKPOINT_MANIFEST = "manifest.json"
@@ -86,7 +87,9 @@ def model_source(path: str | Path) -> ModelSource:
     files = [
         (p, p.relative_to(root).as_posix())
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not (set(p.relative_to(root).parts[:-1]) & SKIPPED_DIRS)
+        if p.is_file()
+        and p.name not in SKIPPED_FILES
+        and not (set(p.relative_to(root).parts[:-1]) & SKIPPED_DIRS)
     ]
     if checkpoint is not None:
         parts = [checkpoint / CHECKPOINT_MANIFEST]

@@ -61,6 +61,7 @@ from forgather.ml.train.checkpoint_format import (
     step_of,
 )
 from forgather.ml.train.checkpoint_storage import StorageGroups, detect_storage, sync_files
+from forgather.ml.train.run_lock import OutputDirInUse, RunLock
 from forgather.ml.unwrap import model_class_name, unwrap_model
 
 # Test hook: with FORGATHER_TEST_CHECKPOINT_STALL=<step>, the write of checkpoint <step> stops (sleeps)
@@ -170,6 +171,7 @@ class CheckpointManager:
         self.metadata = dict(metadata or {})
         self.save_on_each_node = save_on_each_node or os.environ.get(SAVE_ON_EACH_NODE_ENV) == "1"
         self._storage: StorageGroups | None = None
+        self._lock = RunLock(self.output_dir)
         # Every rank names the temp dir after rank 0's pid.
         self.owner_pid = self._broadcast(os.getpid())
 
@@ -216,6 +218,27 @@ class CheckpointManager:
 
     def best(self) -> Path | None:
         return best_checkpoint(self.output_dir, self.metric_for_best_model, self.greater_is_better)
+
+    def lock_output_dir(self) -> None:
+        """Hold the output directory for this run (collective: each node's storage leader locks
+        its directory). OutputDirInUse, on every rank, when another run holds it."""
+        outcome: tuple[str | None, str | None] = (None, None)
+        if self.storage.is_leader:
+            try:
+                outcome = (None, self._lock.acquire())
+            except OutputDirInUse as error:
+                outcome = (str(error), None)
+        results = self._on_leaders(outcome)
+        refused = [problem for problem, _ in results if problem]
+        if refused:
+            self._lock.release()
+            raise OutputDirInUse(refused[0])
+        warnings = [warning for _, warning in results if warning]
+        if warnings and self.rank == 0:
+            sys.stderr.write(f"forgather: warning: {warnings[0]}\n")
+
+    def unlock_output_dir(self) -> None:
+        self._lock.release()
 
     def latest_on_any_node(self) -> Path | None:
         """The newest complete checkpoint in any node's directory (collective)."""
@@ -391,8 +414,10 @@ class CheckpointManager:
             if not match or not path.is_dir():
                 continue
             pid = int(match.group(1))
-            if pid != os.getpid() and _pid_alive(pid):
-                continue  # another live process is writing it
+            # while this run holds the output dir's lock no other run writes here: every other
+            # temp dir is a leftover; without the lock, a live pid on this host may still write
+            if pid != self.owner_pid and not self._lock.held and _pid_alive(pid):
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         return removed

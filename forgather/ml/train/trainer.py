@@ -185,24 +185,29 @@ class Trainer:
         aborted, and return the trainer state."""
         args, state = self.args, self.state
         self._setup_training()
-        rng_state = self._resume_or_start()
-        self._dispatch("on_train_begin")
-        if rng_state is not None:  # after on_train_begin, so callbacks cannot shift the RNG stream
-            set_rng_state(rng_state)
-        start_time, start_step = time.perf_counter(), state.global_step
+        self.checkpoints.lock_output_dir()  # one run per output directory, until train ends
+        try:
+            rng_state = self._resume_or_start()
+            self._dispatch("on_train_begin")
+            # after on_train_begin, so callbacks cannot shift the RNG stream
+            if rng_state is not None:
+                set_rng_state(rng_state)
+            start_time, start_step = time.perf_counter(), state.global_step
 
-        while state.global_step < state.max_steps and not self._stopping():
-            self._train_epoch()
-        if not self.control.should_abort_without_save:
-            if args.save_strategy != "no" and self._last_save_step != state.global_step:
-                self._save_checkpoint()
-            best = self.checkpoints.best() if args.load_best_model_at_end else None
-            if best is not None:
-                self.checkpoints.load_weights(best, self.model)
+            while state.global_step < state.max_steps and not self._stopping():
+                self._train_epoch()
+            if not self.control.should_abort_without_save:
+                if args.save_strategy != "no" and self._last_save_step != state.global_step:
+                    self._save_checkpoint()
+                best = self.checkpoints.best() if args.load_best_model_at_end else None
+                if best is not None:
+                    self.checkpoints.load_weights(best, self.model)
 
-        self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
-        self._dispatch("on_train_end")
-        return state
+            self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
+            self._dispatch("on_train_end")
+            return state
+        finally:
+            self.checkpoints.unlock_output_dir()
 
     def _train_epoch(self) -> None:
         """Run the rest of the current epoch (from `self.position`), then its end-of-epoch actions."""
