@@ -88,7 +88,9 @@ def worker(options: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     from forgather.ml.models.factory import build_model
     from forgather.ml.train.args import TrainingArguments
+    from forgather.ml.train.metrics import device_peak_flops, flops_per_token
     from forgather.ml.train.trainer import Trainer
+    from forgather.ml.unwrap import unwrap_model
 
     hidden, layers, heads, kv, ffn, vocab = SHAPES[options.shape]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,7 +164,6 @@ def worker(options: argparse.Namespace) -> None:
             args=args, model_init=model_init, train_dataset=dataset, callbacks=[Timer()]
         )
         trainer.train()
-        model_size = parameter_count(trainer)
         measured = timings[-1] - timings[options.warmup - 1]
         peak = peak_memory(options.device)
         total_sent = sent["bytes"] + getattr(trainer.strategy, "bytes_reduced", 0)
@@ -187,37 +188,26 @@ def worker(options: argparse.Namespace) -> None:
                 else None,
                 "train_loss": loss,
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
-                "flops_per_token": flops_per_token(hidden, layers, options.seq_len, model_size),
+                # the trainer's own estimate (forgather.ml.train.metrics), from the whole model's
+                # config: every strategy's rows count the same FLOPs
+                "flops_per_token": flops_per_token(
+                    unwrap_model(trainer.model).config, options.seq_len
+                ),
+                "peak_flops": device_peak_flops(trainer.device),
             }
             with open(options.result, "a") as f:
                 f.write(json.dumps(record) + "\n")
         trainer.close()
 
 
-def parameter_count(trainer) -> int:
-    """The whole model's parameter count (every rank's shards and stages summed)."""
-    import torch
-
-    local = sum(local_bytes(p) // p.element_size() for p in trainer.model.parameters())
-    if trainer.strategy.name == "pipeline":
-        total = torch.tensor([local], dtype=torch.float64, device=trainer.device)
-        return int(trainer.env.all_reduce(total).item())
-    if trainer.strategy.name == "fsdp":
-        return sum(p.numel() for p in trainer.model.parameters())  # DTensors: the global numel
-    return local
-
-
-def flops_per_token(hidden: int, layers: int, seq_len: int, parameters: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward and backward) plus the attention scores
-    and their product with the values, 12 x layers x hidden x sequence (the usual MFU estimate)."""
-    return 6 * parameters + 12 * layers * hidden * seq_len
-
-
 def mfu_column(row: dict, peak_tflops: float | None) -> str:
-    if not peak_tflops:
+    """Model FLOPs utilisation per device: against --peak-tflops, else the device's data-sheet
+    peak the worker found (`device_peak_flops`); "-" on CPU and unknown devices."""
+    peak = peak_tflops * 1e12 if peak_tflops else row.get("peak_flops")
+    if not peak:
         return f"{'-':>7}"
     achieved = row["tokens_per_s"] * row["flops_per_token"] / row["nproc"]
-    return f"{100 * achieved / (peak_tflops * 1e12):>6.1f}%"
+    return f"{100 * achieved / peak:>6.1f}%"
 
 
 def run_row(options: argparse.Namespace, strategy: str, nproc: int, result: Path) -> None:
@@ -265,11 +255,10 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops",
         type=float,
-        help="the device's dense peak for MFU (default on cuda: 989, an H100/H200 in bf16)",
+        help="the device's dense peak for MFU (default: its data-sheet bf16 peak, as the trainer's "
+        "MFU uses; none on CPU)",
     )
     options = parser.parse_args()
-    if options.peak_tflops is None and options.device == "cuda":
-        options.peak_tflops = 989.0
     if options.worker:
         worker(options)
         return
