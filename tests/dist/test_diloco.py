@@ -17,27 +17,19 @@ from tests.unit.train._tiny import (
     kill_when,
     launch,
     read_records,
+    records_after,
     run,
     tiny_llama,
 )
 
 pytestmark = pytest.mark.dist
 
-KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
 DILOCO = {
     **RESUME_ARGS,
     "per_device_train_batch_size": 2,
     "parallelism": "diloco",
     "diloco_sync_every": 4,
 }
-
-
-def records_after(path, step: int) -> list[dict]:
-    return [
-        {k: r[k] for k in KEYS if k in r}
-        for r in read_records(path)
-        if r["step"] > step and "train_runtime" not in r
-    ]
 
 
 @pytest.fixture(scope="module")

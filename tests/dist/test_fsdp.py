@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from forgather.ml.train.checkpoint import latest_checkpoint, read_manifest
-from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records, run
+from tests.unit.train._tiny import (
+    RESUME_ARGS,
+    assert_resumed_losses,
+    kill_when,
+    launch,
+    read_records,
+    records_after,
+    run,
+)
 
 pytestmark = pytest.mark.dist
 
@@ -21,7 +29,6 @@ EVAL = {"per_device_eval_batch_size": 6}
 SINGLE = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 4}
 FSDP = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 2, "parallelism": "fsdp"}
 DDP = {**RESUME_ARGS, **EVAL, "per_device_train_batch_size": 2}
-KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +46,6 @@ def runs(tmp_path_factory):
         nproc=2,
     )
     return root
-
-
-def records_after(path, step: int) -> list[dict]:
-    return [
-        {k: r[k] for k in KEYS if k in r}
-        for r in read_records(path)
-        if r["step"] > step and "train_runtime" not in r
-    ]
 
 
 def test_two_process_fsdp_matches_one_process(runs):
@@ -91,7 +90,7 @@ def test_fsdp_kill_9_then_resume_is_bit_exact(runs, tmp_path):
     assert records_after(tmp_path / "resumed.jsonl", 8) == records_after(runs / "fsdp.jsonl", 8)
 
 
-def resume_elsewhere(runs, tmp_path, args: dict, nproc: int) -> tuple[str, dict, dict]:
+def resume_elsewhere(runs, tmp_path, args: dict, nproc: int) -> str:
     """Resume the FSDP run's checkpoint 8 under `args` on `nproc` processes."""
     source = runs / "fsdp" / "checkpoints" / "checkpoint-8"
     shutil.copytree(source, tmp_path / "out" / "checkpoints" / "checkpoint-8")
@@ -100,25 +99,19 @@ def resume_elsewhere(runs, tmp_path, args: dict, nproc: int) -> tuple[str, dict,
         tmp_path / "resumed.jsonl",
         nproc=nproc,
     )
-    straight = {r["step"]: r for r in read_records(runs / "fsdp.jsonl") if "loss" in r}
-    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
-    return output, straight, resumed
+    return output
 
 
 def test_fsdp_checkpoint_resumes_in_one_process(runs, tmp_path):
-    output, straight, resumed = resume_elsewhere(runs, tmp_path, SINGLE, 1)
+    output = resume_elsewhere(runs, tmp_path, SINGLE, 1)
     assert "resharding checkpoint 8 from fsdp on 2 process(es) to ddp on 1" in output
-    assert sorted(resumed) == [9, 10, 11, 12]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+    assert_resumed_losses(runs / "fsdp.jsonl", tmp_path / "resumed.jsonl")
 
 
 def test_fsdp_checkpoint_resumes_under_ddp(runs, tmp_path):
-    output, straight, resumed = resume_elsewhere(runs, tmp_path, DDP, 2)
+    output = resume_elsewhere(runs, tmp_path, DDP, 2)
     assert "from fsdp on 2 process(es) to ddp on 2" in output
-    assert sorted(resumed) == [9, 10, 11, 12]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+    assert_resumed_losses(runs / "fsdp.jsonl", tmp_path / "resumed.jsonl")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,14 @@ import socket
 import pytest
 
 from forgather.ml.train.checkpoint_format import check_files, latest_checkpoint, read_manifest
-from tests.unit.train._tiny import RESUME_ARGS, kill_9, launch, read_records, run
+from tests.unit.train._tiny import (
+    RESUME_ARGS,
+    assert_resumed_losses,
+    kill_9,
+    launch,
+    records_after,
+    run,
+)
 
 pytestmark = pytest.mark.dist
 
@@ -51,14 +58,6 @@ def finish(processes) -> list[str]:
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]
     return outputs
-
-
-def after(path, step: int) -> list[dict]:
-    return [
-        {k: r[k] for k in KEYS if k in r}
-        for r in read_records(path)
-        if r["step"] > step and "train_runtime" not in r
-    ]
 
 
 def test_fsdp_on_node_local_disks_keeps_shards_per_node_and_resumes_bit_exactly(tmp_path):
@@ -100,9 +99,9 @@ def test_fsdp_on_node_local_disks_keeps_shards_per_node_and_resumes_bit_exactly(
 
     outputs = finish(two_nodes(tmp_path, {**FSDP, "resume_from_checkpoint": True}, "out"))
     assert "is local to each node" in outputs[0]
-    resumed = after(tmp_path / "node0" / "out.jsonl", 8)
+    resumed = records_after(tmp_path / "node0" / "out.jsonl", 8, KEYS)
     assert [r["step"] for r in resumed][:4] == [9, 10, 11, 12]
-    assert resumed == after(tmp_path / "straight.jsonl", 8)
+    assert resumed == records_after(tmp_path / "straight.jsonl", 8, KEYS)
     # the resume gave each node the files it lacked: both copies now pass a full check alone
     for ckpt in (ckpt0, ckpt1):
         check_files(ckpt, read_manifest(ckpt))
@@ -126,9 +125,4 @@ def test_save_on_each_node_lets_one_node_resume_alone(tmp_path):
     assert "resharding checkpoint 8 from ddp on 2 process(es) to ddp on 1" in output
     assert "keeping the global batch of 8 samples on 1 data-parallel rank(s): " in output
     assert "gradient_accumulation_steps 2 -> 4" in output
-    straight = {r["step"]: r["loss"] for r in read_records(tmp_path / "node0" / "out.jsonl")
-                if "loss" in r}  # fmt: skip
-    resumed = {r["step"]: r["loss"] for r in read_records(tmp_path / "alone.jsonl") if "loss" in r}
-    assert sorted(resumed) == [9, 10, 11, 12]
-    for step, loss in resumed.items():
-        assert loss == pytest.approx(straight[step], rel=1e-4), step
+    assert_resumed_losses(tmp_path / "node0" / "out.jsonl", tmp_path / "alone.jsonl")

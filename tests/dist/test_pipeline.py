@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from forgather.ml.train.checkpoint import latest_checkpoint, read_manifest
-from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records, run
+from tests.unit.train._tiny import (
+    RESUME_ARGS,
+    assert_resumed_losses,
+    kill_when,
+    launch,
+    read_records,
+    records_after,
+    run,
+)
 
 pytestmark = pytest.mark.dist
 
@@ -21,7 +29,6 @@ pytestmark = pytest.mark.dist
 # pipeline rank (the pipeline's micro-batches are the gradient-accumulation micro-batches).
 SINGLE = {**RESUME_ARGS, "per_device_train_batch_size": 4}
 PIPELINE = {**SINGLE, "parallelism": "pipeline"}
-KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +126,7 @@ def test_two_stages_each_sharded_over_two_ranks_match_one_process(single, tmp_pa
         model="forgather",
     )
     assert "from pipeline on 4 process(es) to ddp on 1" in output
-    straight = {r["step"]: r for r in read_records(single / "pp2xfsdp2.jsonl") if "loss" in r}
-    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
-    assert sorted(resumed) == [9, 10, 11, 12]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+    assert_resumed_losses(single / "pp2xfsdp2.jsonl", tmp_path / "resumed.jsonl")
 
 
 def test_built_on_meta_each_rank_materialises_its_stages_and_resumes_exactly(single, tmp_path):
@@ -138,14 +141,9 @@ def test_built_on_meta_each_rank_materialises_its_stages_and_resumes_exactly(sin
         model="forgather",
     )
 
-    def after(path, step):
-        return [
-            {k: r[k] for k in KEYS if k in r}
-            for r in read_records(path)
-            if r["step"] > step and "train_runtime" not in r
-        ]
-
-    assert after(tmp_path / "resumed.jsonl", 8) == after(single / "pp2-1F1B.jsonl", 8)
+    assert records_after(tmp_path / "resumed.jsonl", 8) == records_after(
+        single / "pp2-1F1B.jsonl", 8
+    )
 
     # from scratch: the first and last stage initialise the tied embedding alike, and it learns
     run({**meta, "output_dir": str(tmp_path / "fresh")}, tmp_path / "fresh.jsonl",
@@ -185,14 +183,9 @@ def test_pipeline_kill_9_then_resume_is_bit_exact(single, tmp_path):
         model="forgather",
     )
 
-    def after(path, step):
-        return [
-            {k: r[k] for k in KEYS if k in r}
-            for r in read_records(path)
-            if r["step"] > step and "train_runtime" not in r
-        ]
-
-    assert after(tmp_path / "resumed.jsonl", 8) == after(tmp_path / "straight.jsonl", 8)
+    assert records_after(tmp_path / "resumed.jsonl", 8) == records_after(
+        tmp_path / "straight.jsonl", 8
+    )
 
 
 def test_a_pipeline_checkpoint_resumes_under_fsdp(single, tmp_path):
@@ -212,11 +205,7 @@ def test_a_pipeline_checkpoint_resumes_under_fsdp(single, tmp_path):
         model="forgather",
     )
     assert "from pipeline on 2 process(es) to fsdp on 2" in output
-    straight = {r["step"]: r for r in read_records(single / "pp2-1F1B.jsonl") if "loss" in r}
-    resumed = {r["step"]: r for r in read_records(tmp_path / "resumed.jsonl") if "loss" in r}
-    assert sorted(resumed) == [9, 10, 11, 12]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4), step
+    assert_resumed_losses(single / "pp2-1F1B.jsonl", tmp_path / "resumed.jsonl")
 
 
 def test_a_stage_count_that_does_not_divide_the_layers_is_one_clear_error(tmp_path):

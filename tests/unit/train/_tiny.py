@@ -97,6 +97,33 @@ def step_records(path: str | os.PathLike) -> dict[int, dict]:
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+RECORD_KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "tokens", "eval_loss", "step")
+
+
+def records_after(path: str | os.PathLike, step: int, keys=RECORD_KEYS) -> list[dict]:
+    """The training and evaluation records after `step` (the end-of-run summary left out), with
+    only `keys`: what an exact resume must reproduce."""
+    return [
+        {k: r[k] for k in keys if k in r}
+        for r in read_records(path)
+        if r["step"] > step and "train_runtime" not in r
+    ]
+
+
+def assert_resumed_losses(
+    straight: str | os.PathLike, resumed: str | os.PathLike, steps=(9, 10, 11, 12), rel=1e-4
+) -> None:
+    """A resharded resume (another world size or strategy) logged losses for exactly `steps`, each
+    within `rel` of the straight run's."""
+    import pytest
+
+    expected = {r["step"]: r["loss"] for r in read_records(straight) if "loss" in r}
+    got = {r["step"]: r["loss"] for r in read_records(resumed) if "loss" in r}
+    assert sorted(got) == list(steps)
+    for step, loss in got.items():
+        assert loss == pytest.approx(expected[step], rel=rel), step
+
+
 def launch(
     args: dict,
     records: str | os.PathLike,
