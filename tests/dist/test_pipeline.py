@@ -7,12 +7,14 @@ one weight between them.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
 from forgather.ml.train.checkpoint import latest_checkpoint, read_manifest
+from forgather.ml.train.checkpoint_format import STATE_FILE
 from tests.unit.train._tiny import (
     RESUME_ARGS,
     assert_resumed_losses,
@@ -224,3 +226,36 @@ def test_a_stage_count_that_does_not_divide_the_layers_is_one_clear_error(tmp_pa
     assert process.returncode != 0
     assert "6 pipeline stages do not divide the model's 4 layers" in output
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("schedule", ["GPipe", "1F1B"])
+def test_torchs_splitter_cuts_a_hugging_face_llama_like_one_process(tmp_path, schedule):
+    """`pipeline_splitter: auto` sends a model that is not a forgather LM (Hugging Face's
+    LlamaForCausalLM, untied) through torch's tracer: 2 stages on 2 processes give the one-process
+    run's losses, gradient norms, evaluation losses and weights; its checkpoint resumes in one
+    process under DDP."""
+    run(
+        {**SINGLE, "output_dir": str(tmp_path / "single")},
+        tmp_path / "single.jsonl",
+        weights=tmp_path / "single.pt",
+    )
+    name = f"traced-{schedule}"
+    output = run(
+        {**PIPELINE, "pipeline_schedule": schedule, "output_dir": str(tmp_path / name)},
+        tmp_path / f"{name}.jsonl",
+        weights=tmp_path / f"{name}.pt",
+        nproc=2,
+    )
+    state = json.loads((tmp_path / name / "checkpoints" / "checkpoint-12" / STATE_FILE).read_text())
+    assert state["parallelism"].startswith(f"pipeline ({schedule}, 2 stages cut by torch's tracer")
+    assert_same_run(tmp_path, name)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(
+        tmp_path / name / "checkpoints" / "checkpoint-8", resumed / "checkpoints" / "checkpoint-8"
+    )
+    output = run(
+        {**SINGLE, "output_dir": str(resumed), "resume_from_checkpoint": True},
+        tmp_path / "resumed.jsonl",
+    )
+    assert "from pipeline on 2 process(es) to ddp on 1" in output
+    assert_resumed_losses(tmp_path / f"{name}.jsonl", tmp_path / "resumed.jsonl")

@@ -24,6 +24,8 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
 PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
+PIPELINE_SPLITTERS = ("auto", "manual", "torch")
+FUSED_LOSSES = ("auto", "off", "torch", "liger")
 PIPELINE_SCHEDULES = (
     "GPipe",
     "1F1B",
@@ -195,6 +197,13 @@ class TrainingArguments:
     """Pin host memory of batches (only effective on CUDA)."""
 
     # --- speed ---
+    fused_loss: str = "auto"
+    """The loss of a forgather causal LM computed fused with its head from the final hidden states,
+    a chunk of tokens at a time, so the (tokens x vocab) logits never exist: "torch" (chunked
+    PyTorch, any device), "liger" (Liger-Kernel's Triton kernel, CUDA, `pip install liger-kernel`),
+    "auto" (on CUDA: liger when installed, else torch; off on CPU) or "off" (the loss from the
+    logits). Other models and a custom `compute_loss_func` use the logits ("auto" falls back)."""
+
     torch_compile: bool = False
     """Compile the model with `torch.compile`."""
 
@@ -248,6 +257,12 @@ class TrainingArguments:
     pipeline_stages_per_rank: int | None = None
     """Pipeline: stages each rank runs; None means 1 for GPipe and 1F1B, 2 for the interleaved,
     looped and zero-bubble schedules (ZBV needs 2). Pipeline ranks x this must divide the layers."""
+
+    pipeline_splitter: str = "auto"
+    """Pipeline: how the model is cut into stages — "manual" (forgather causal LMs, by layer ranges;
+    tied embeddings stay tied), "torch" (torch's tracer, `torch.distributed.pipelining.pipeline`:
+    any model `torch.export` captures whole, cut before its repeated blocks; untied weights, one
+    micro-batch shape) or "auto" (manual for forgather causal LMs, torch for others)."""
 
     pipeline_build_on_meta: bool = False
     """Pipeline: build the model on the `meta` device (no memory) and materialise only this rank's
@@ -361,6 +376,7 @@ class TrainingArguments:
         )
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
         require(self.ddp_timeout > 0, "ddp_timeout", "must be > 0")
+        require(self.fused_loss in FUSED_LOSSES, "fused_loss", f"must be one of {FUSED_LOSSES}")
         require(self.parallelism in PARALLELISMS, "parallelism", f"must be one of {PARALLELISMS}")
         require(
             self.fsdp_param_dtype is None or self.fsdp_param_dtype in FSDP_DTYPES,
@@ -373,6 +389,11 @@ class TrainingArguments:
             self.pipeline_schedule in PIPELINE_SCHEDULES,
             "pipeline_schedule",
             f"must be one of {PIPELINE_SCHEDULES}",
+        )
+        require(
+            self.pipeline_splitter in PIPELINE_SPLITTERS,
+            "pipeline_splitter",
+            f"must be one of {PIPELINE_SPLITTERS}",
         )
         require(
             self.pipeline_stages_per_rank is None or self.pipeline_stages_per_rank >= 1,

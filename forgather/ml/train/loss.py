@@ -1,27 +1,15 @@
-"""The default training loss: next-token cross-entropy of a causal language model."""
+"""The default training loss: next-token cross-entropy of a causal language model.
+
+One implementation, the model package's (`forgather.ml.models.transformer.loss`, self-contained for
+remote code): the trainer uses it for any model, and forgather models also use it fused with their
+head (`trainer_args.fused_loss`).
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-
-
-def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
-) -> torch.Tensor:
-    """Mean cross-entropy of predicting `labels[:, t + 1]` from `logits[:, t]`.
-
-    `logits` is (batch, seq, vocab), `labels` (batch, seq) with `ignore_index` where no loss is wanted
-    (padding). The shift happens here: labels are the inputs, not pre-shifted. Computed in float32.
-    """
-    # Shift the labels, not the logits: slicing the logits would copy a (batch, seq, vocab) tensor.
-    shift_labels = F.pad(labels[:, 1:], (0, 1), value=ignore_index).to(logits.device)
-    logits = logits.float()
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1), ignore_index=ignore_index
-    )
+from forgather.ml.models.transformer.loss import IGNORE_INDEX, causal_lm_loss
 
 
 def logits_of(outputs) -> torch.Tensor:

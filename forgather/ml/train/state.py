@@ -27,6 +27,7 @@ class TrainerState:
     is_local_process_zero: bool = True
     world_size: int = 1
     rank: int = 0
+    parallelism: str = ""  # how the model is spread over the ranks, as this rank runs it
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

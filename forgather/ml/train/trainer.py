@@ -150,6 +150,7 @@ class Trainer:
         self.optimizer_factory = optimizer_factory
         self.lr_scheduler_factory = lr_scheduler_factory
         self.compute_loss_func = compute_loss_func
+        self._loss_impl = self._choose_loss_impl()
         self.callback_handler = CallbackHandler(callbacks or [])
         self.checkpoint_metadata: dict[str, Any] = {}
 
@@ -306,12 +307,40 @@ class Trainer:
             return self.compute_loss_func(logits, labels)
         return causal_lm_loss(logits, labels)
 
+    def _choose_loss_impl(self) -> str | None:
+        """The fused loss backend the model computes its loss with (`fused_loss`), or None: the
+        trainer computes it from the logits."""
+        import inspect
+
+        from forgather.ml.models.transformer.loss import resolve_impl
+        from forgather.ml.unwrap import unwrap_model
+
+        choice = self.args.fused_loss
+        if choice == "off" or self.compute_loss_func is not None:
+            return None
+        model = unwrap_model(self.model)
+        if "loss_impl" not in inspect.signature(model.forward).parameters:
+            if choice == "auto":
+                return None
+            raise ValueError(
+                f"fused_loss={choice}: {type(model).__name__} computes no fused loss (forgather "
+                "causal LMs do); use fused_loss=off or auto"
+            )
+        if choice == "auto":
+            return "auto" if self.device.type == "cuda" else None
+        try:
+            return resolve_impl(choice, self.device)
+        except ValueError as error:
+            raise ValueError(f"fused_loss={choice}: {error}") from None
+
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of one batch: labels are popped (default: the input ids), the model sees the rest."""
         inputs = dict(batch)
         labels = inputs.pop("labels", None)
         if labels is None:
             labels = inputs["input_ids"]
+        if self._loss_impl is not None:  # the model computes it, fused with its head
+            return model(**inputs, labels=labels, loss_impl=self._loss_impl).loss
         outputs = model(**inputs)
         if self.compute_loss_func is not None:
             return self.compute_loss_func(outputs, labels)
@@ -412,7 +441,9 @@ class Trainer:
         if args.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
         # A sharding strategy shards the parameters first: the optimizer holds the shards.
+        self.strategy.example_batch = self._example_batch
         self.model = self.strategy.prepare(self.model)
+        self.state.parallelism = self.strategy.describe()
         self.optimizer = self._create_optimizer()
         self.lr_scheduler = self._create_scheduler(max_steps)
         if args.fp16:
@@ -685,6 +716,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ small helpers
+
+    def _example_batch(self) -> dict[str, Any]:
+        """The first per-device batch of the training set (read directly: no sampler moves)."""
+        rows = min(len(self.train_dataset), self.args.per_device_train_batch_size)
+        return self.data_collator([self.train_dataset[i] for i in range(rows)])
 
     def _eval_dataloader(self, dataset: Any) -> DataLoader:
         sampler = EvalBatchSampler(

@@ -32,6 +32,7 @@ PACKAGE_FILES = {
     "configuration_forgather.py",
     "feedforward.py",
     "layers.py",
+    "loss.py",
     "modeling_forgather.py",
     "norms.py",
     "positional.py",

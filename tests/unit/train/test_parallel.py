@@ -77,13 +77,23 @@ def test_fsdp_in_one_process_trains_exactly_like_ddp(tmp_path):
     assert losses["fsdp"] == losses["ddp"] and len(losses["ddp"]) == 4
 
 
-def test_pipeline_splits_forgather_models_only_and_checks_the_schedule(tmp_path):
+def test_the_manual_splitter_takes_forgather_models_only_and_the_schedule_is_checked(tmp_path):
     from forgather.ml.train.parallel.pipeline import PipelineSetupError, layer_ranges, stage_ids
 
-    args = TrainingArguments(output_dir=str(tmp_path), parallelism="pipeline", max_steps=1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        parallelism="pipeline",
+        pipeline_splitter="manual",
+        max_steps=1,
+    )
     trainer = Trainer(args=args, model=tiny_llama(), train_dataset=ProgressionDataset(8))
-    with pytest.raises(PipelineSetupError, match="splits forgather causal LMs .* LlamaForCausalLM"):
+    with pytest.raises(
+        PipelineSetupError,
+        match="splits forgather causal LMs .* LlamaForCausalLM is not one: use pipeline_splitter=torch",
+    ):
         trainer.train()
+    with pytest.raises(ValueError, match="pipeline_splitter must be one of"):
+        TrainingArguments(output_dir=str(tmp_path), pipeline_splitter="fx")
     with pytest.raises(PipelineSetupError, match="runs one stage per rank"):
         make_strategy(
             TrainingArguments(
@@ -156,3 +166,89 @@ def test_a_model_built_on_meta_is_materialised_and_initialised_like_a_normal_bui
     trainer.train()
     losses = recorder.step_losses()
     assert len(losses) == 3 and all(loss == loss for loss in losses.values())
+
+
+def test_the_torch_splitter_refuses_tied_weights_before_anything_runs(tmp_path):
+    from forgather.ml.train.parallel.pipeline import PipelineSetupError
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        parallelism="pipeline",
+        pipeline_splitter="torch",
+        max_steps=1,
+    )
+    trainer = Trainer(args=args, model=tiny_forgather(), train_dataset=ProgressionDataset(8))
+    with pytest.raises(
+        PipelineSetupError,
+        match=r"cannot keep model.embed_tokens.weight and lm_head.weight one tensor .* untie them",
+    ):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def _llama_with_dropout():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        attention_dropout=0.5,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_traced_stages_chain_to_the_models_output_in_both_modes():
+    """The stages torch's tracer cuts, run one after the other, give the model's logits: in
+    evaluation mode without dropout (a second trace), in training mode with it; the first stage
+    gets ids, positions and mask by name (the tracer reorders them); the model keeps its weights."""
+    from forgather.ml.train.parallel.pipeline import layer_ranges
+    from forgather.ml.train.parallel.pipeline_trace import example_inputs, keep_only, trace_stages
+
+    model = _llama_with_dropout()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: the mask must reach attention as a mask, not as positions
+    example = example_inputs({"input_ids": ids, "attention_mask": mask}, rows=2)
+    ranges = layer_ranges(4, 2)
+    model.eval()
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    for train in (False, True):
+        stages = trace_stages(model, ranges, example, [0, 1], train=train)
+        hidden = stages[0](*example)
+        logits = stages[1](*hidden)
+        if train:  # dropout in every attention: not the evaluation output
+            assert not torch.allclose(logits, expected, atol=1e-3)
+        else:
+            torch.testing.assert_close(logits, expected)
+    assert not model.training  # tracing leaves the mode as it was
+    assert model(input_ids=ids, attention_mask=mask).logits.equal(expected)  # no split markers
+    stage_one = trace_stages(model, ranges, example, [1], train=False)
+    keep_only(model, stage_one)
+    kept = {name for name, _ in model.named_parameters()}
+    assert "model.embed_tokens.weight" not in kept and "lm_head.weight" in kept
+    assert {n for n in kept if "layers." in n} == {
+        n for n in kept if n.startswith(("model.layers.2.", "model.layers.3."))
+    }
+
+
+def test_a_batch_shorter_than_the_trace_is_padded_without_changing_its_loss():
+    from forgather.ml.models.transformer.modeling_forgather import causal_lm_loss
+    from forgather.ml.train.parallel.pipeline_trace import TraceSplitError, fit_to_trace
+
+    model = _llama_with_dropout().eval()
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2))
+    loss = causal_lm_loss(model(input_ids=ids).logits, ids)
+    padded = fit_to_trace({"input_ids": ids}, 16)
+    assert padded["input_ids"].shape == (2, 16) and padded["position_ids"][0, -1] == 15
+    logits = model(
+        input_ids=padded["input_ids"],
+        attention_mask=padded["attention_mask"],
+        position_ids=padded["position_ids"],
+    ).logits
+    torch.testing.assert_close(causal_lm_loss(logits, padded["labels"]), loss)
+    with pytest.raises(TraceSplitError, match="traced sequences of 8 tokens; this batch has 10"):
+        fit_to_trace({"input_ids": ids}, 8)

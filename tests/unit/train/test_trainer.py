@@ -403,3 +403,63 @@ def test_a_forgather_model_trains_and_saves_through_save_model_dir(tmp_path):
     assert len([r for r in state.log_history if "loss" in r]) == 3
     trainer.save_model(str(tmp_path / "model"))
     assert "auto_map" in json.loads((tmp_path / "model" / "config.json").read_text())
+
+
+def test_the_fused_loss_trains_a_forgather_model_like_the_loss_from_logits(tmp_path):
+    """`fused_loss: torch` (the model computes its loss with its head, chunk by chunk, no logits)
+    gives the per-step losses, gradient norms, evaluation loss and weights of `fused_loss: off`."""
+    from tests.unit.train._tiny import tiny_forgather
+
+    runs = {}
+    for choice in ("off", "torch"):
+        recorder = Recorder()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / choice),
+            fused_loss=choice,
+            max_steps=6,
+            logging_steps=1,
+            eval_strategy="steps",
+            eval_steps=6,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            device="cpu",
+            save_strategy="no",
+        )
+        trainer = Trainer(
+            args=args,
+            model_init=tiny_forgather,
+            train_dataset=ProgressionDataset(32, seed=1),
+            eval_dataset=ProgressionDataset(8, seed=2),
+            callbacks=[recorder],
+        )
+        assert trainer._loss_impl == (None if choice == "off" else "torch")
+        trainer.train()
+        runs[choice] = (recorder.logs, trainer.model.state_dict())
+    (plain_logs, plain_weights), (fused_logs, fused_weights) = runs["off"], runs["torch"]
+    assert len([r for r in plain_logs if "loss" in r]) == 6
+    for a, b in zip(plain_logs, fused_logs, strict=True):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+    for name, tensor in plain_weights.items():
+        # Adam magnifies float rounding where a gradient is near zero: 5e-5 as the dist tests
+        torch.testing.assert_close(fused_weights[name], tensor, rtol=1e-4, atol=5e-5)
+
+
+def test_a_fused_loss_the_model_or_device_cannot_run_is_one_clear_error(tmp_path):
+    def make(model, choice):
+        args = TrainingArguments(output_dir=str(tmp_path), fused_loss=choice, device="cpu")
+        return Trainer(args=args, model=model, train_dataset=ProgressionDataset(8))
+
+    from tests.unit.train._tiny import tiny_forgather
+
+    with pytest.raises(ValueError, match="fused_loss=torch: LlamaForCausalLM computes no fused"):
+        make(tiny_llama(), "torch")
+    with pytest.raises(
+        ValueError, match="fused_loss=liger: the liger fused loss runs on CUDA only"
+    ):
+        make(tiny_forgather(), "liger")
+    assert make(tiny_llama(), "auto")._loss_impl is None  # falls back to the logits
+    assert make(tiny_forgather(), "auto")._loss_impl is None  # on CPU: the plain loss
+    with pytest.raises(ValueError, match="fused_loss must be one of"):
+        TrainingArguments(output_dir=str(tmp_path), fused_loss="yes")

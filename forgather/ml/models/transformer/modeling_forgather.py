@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -23,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .attention import build_attention_mask
 from .configuration_forgather import ForgatherConfig
 from .layers import make_layer
+from .loss import causal_lm_loss, linear_cross_entropy
 from .norms import LayerNorm, RMSNorm, make_norm
 from .positional import RotaryEmbedding, SinusoidalPositionalEmbedding
 
@@ -38,28 +38,6 @@ class ForgatherCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus ``last_hidden_state`` (set with ``return_hidden_states``)."""
 
     last_hidden_state: torch.Tensor | None = None
-
-
-def causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    ignore_index: int = -100,
-) -> torch.Tensor:
-    """Next-token cross-entropy: position ``t`` predicts ``labels[t + 1]``; ``ignore_index`` skipped.
-
-    With ``num_items_in_batch`` the summed loss is divided by it (exact gradient accumulation),
-    otherwise it is the mean over the counted tokens.
-    """
-    vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1, :].float().reshape(-1, vocab)
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    if num_items_in_batch is None:
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index, reduction="sum")
-    if isinstance(num_items_in_batch, torch.Tensor):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
 
 
 class ForgatherPreTrainedModel(PreTrainedModel):
@@ -188,6 +166,9 @@ class ForgatherModel(ForgatherPreTrainedModel):
             cache = DynamicCache()
         past_length = cache.get_seq_length() if cache is not None else 0
 
+        # Documents restart only in positions the caller gave (packed rows); positions made here
+        # never restart, so the mask skips the search for restarts (a graph break under compile).
+        given_positions = position_ids
         if position_ids is None:
             if (
                 attention_mask is not None
@@ -201,7 +182,7 @@ class ForgatherModel(ForgatherPreTrainedModel):
                 position_ids = torch.arange(past_length, past_length + length, device=device)
                 position_ids = position_ids.unsqueeze(0).expand(batch, length)
         mask = build_attention_mask(
-            (batch, length), past_length, device, attention_mask, position_ids
+            (batch, length), past_length, device, attention_mask, given_positions
         )
 
         hidden = inputs_embeds
@@ -286,6 +267,7 @@ class ForgatherForCausalLM(ForgatherPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_hidden_states: bool = False,
         past_key_values: Cache | None = None,
+        loss_impl: str | None = None,
         **kwargs: Any,
     ) -> ForgatherCausalLMOutput | tuple:
         """Logits (and the shifted cross-entropy ``loss`` when ``labels`` are given).
@@ -295,6 +277,8 @@ class ForgatherForCausalLM(ForgatherPreTrainedModel, GenerationMixin):
         ``return_hidden_states``: skip the head (``logits`` and ``loss`` are None) and return the
         final normalised hidden states as ``last_hidden_state``, e.g. for a fused head + loss.
         ``num_items_in_batch`` (keyword): divide the summed loss by it instead of averaging.
+        ``loss_impl`` ("auto", "torch" or "liger"; with ``labels``): compute the loss fused with the
+        head from the hidden states (``.loss``), never the logits (``logits`` is None).
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if return_dict is None:
@@ -312,7 +296,16 @@ class ForgatherForCausalLM(ForgatherPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         loss = logits = None
-        if not return_hidden_states:
+        if loss_impl is not None and labels is not None and not return_hidden_states:
+            loss = linear_cross_entropy(
+                hidden,
+                self.lm_head.weight,
+                labels,
+                bias=self.lm_head.bias,
+                num_items_in_batch=num_items_in_batch,
+                impl=loss_impl,
+            )
+        elif not return_hidden_states:
             if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
                 logits = self.lm_head(hidden[:, -logits_to_keep:, :])
             elif labels is None and isinstance(logits_to_keep, torch.Tensor):

@@ -98,7 +98,7 @@ def training_summary(args: Any, state: Any, model: Any = None) -> dict[str, Any]
     info["world_size"] = state.world_size
     parallelism = getattr(args, "parallelism", "ddp")
     if state.world_size > 1 or parallelism != "ddp":
-        info["parallelism"] = parallelism
+        info["parallelism"] = getattr(state, "parallelism", "") or parallelism
     per_device = state.train_batch_size or getattr(args, "per_device_train_batch_size", None)
     if per_device:
         info["per_device_batch_size"] = per_device

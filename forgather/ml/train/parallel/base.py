@@ -52,6 +52,9 @@ class Strategy:
     builds_on_meta = False
     #: Whether the strategy runs a step's forward and backward itself (`forward_backward`).
     runs_steps = False
+    #: Set by the trainer before `prepare`: returns one batch of the training data (a strategy
+    #: that traces the model needs an example).
+    example_batch: Callable[[], dict[str, Any]] | None = None
 
     def __init__(self, args: Any, env: Any, device: torch.device):
         self.args = args

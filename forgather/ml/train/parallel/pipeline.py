@@ -13,6 +13,10 @@ stage's root), and they split the batch; the pipeline's sends and receives go be
 a column. torch's pipeline stages drive FSDP's gradient sync (reduce-scatter after the last
 micro-batch only).
 
+`pipeline_splitter` picks how the model is cut: `manual` (forgather causal LMs, as above) or `torch`
+(torch's tracer, for any model `torch.export` captures whole, e.g. Hugging Face's Llama; see
+`pipeline_trace`); `auto` takes `manual` for forgather causal LMs and `torch` for the rest.
+
 Parameter names stay those of the whole model (layers live in a `ModuleDict` keyed by their
 original index), so checkpoints are interchangeable with every other strategy. Tied input and output
 embeddings stay tied: the first and last stages each hold the weight, start equal, and add their
@@ -204,11 +208,15 @@ class PipelineStrategy(Strategy):
         self._count_tied_here = True
         self._digest: str | None = None
         self.loss_fn = None
+        self.splitter = "manual"
+        self._eval_modules: list[nn.Module] = []  # the traced splitter's evaluation-mode stages
+        self._trace_shape: tuple[int, int] | None = None
 
     def describe(self) -> str:
         sharding = f", each sharded over {self.dp} ranks" if self.dp > 1 else ""
+        cut = " cut by torch's tracer" if self.splitter == "torch" else ""
         return (
-            f"pipeline ({self.args.pipeline_schedule}, {self.num_stages} stages{sharding}, "
+            f"pipeline ({self.args.pipeline_schedule}, {self.num_stages} stages{cut}{sharding}, "
             f"stages {self.my_stages} on rank {self.env.rank})"
         )
 
@@ -222,12 +230,21 @@ class PipelineStrategy(Strategy):
     def holds_last(self) -> bool:
         return self.num_stages - 1 in self.my_stages
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        if not _is_forgather_lm(model):
+    def _choose_splitter(self, model: nn.Module) -> str:
+        splitter = self.args.pipeline_splitter
+        if splitter == "auto":
+            return "manual" if _is_forgather_lm(model) else "torch"
+        if splitter == "manual" and not _is_forgather_lm(model):
             raise PipelineSetupError(
-                f"parallelism=pipeline splits forgather causal LMs (ForgatherForCausalLM) by layer "
-                f"ranges; {type(model).__name__} is not one"
+                f"pipeline_splitter=manual splits forgather causal LMs (ForgatherForCausalLM) by "
+                f"layer ranges; {type(model).__name__} is not one: use pipeline_splitter=torch"
             )
+        return splitter
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.splitter = self._choose_splitter(model)
+        if self.splitter == "torch":
+            return self._prepare_traced(model)
         from forgather.ml.train.checkpoint import model_digest
 
         self._digest = model_digest(model)  # of the whole model, before it is cut
@@ -281,6 +298,46 @@ class PipelineStrategy(Strategy):
             self._shard_stages()
             if tied and (first or last):  # sharding replaced the parameter objects
                 self._tied = inner.embed_tokens.weight if first else model.lm_head.weight
+        return model
+
+    def _prepare_traced(self, model: nn.Module) -> nn.Module:
+        """Cut `model` with torch's tracer; keep this rank's stages and their parameters."""
+        from forgather.ml.train.checkpoint import model_digest
+        from forgather.ml.train.parallel import pipeline_trace as trace
+
+        name = type(model).__name__
+        refused = (
+            (self.builds_on_meta, "pipeline_build_on_meta"),
+            (self.dp > 1, f"pipeline_fsdp={self.dp}"),
+        )
+        for flag, option in refused:
+            if flag:
+                raise PipelineSetupError(
+                    f"{option} needs pipeline_splitter=manual (forgather causal LMs); {name} is "
+                    "cut by torch's tracer"
+                )
+        shared = trace.shared_weights(model)
+        if shared:
+            raise PipelineSetupError(
+                f"pipeline_splitter=torch cannot keep {' and '.join(shared[0])} one tensor (torch's "
+                f"tracer gives each stage its own copy); untie them (tie_word_embeddings=false) or "
+                "use a forgather causal LM (pipeline_splitter=manual keeps them tied)"
+            )
+        _, blocks = trace.block_list(model)
+        ranges = layer_ranges(blocks, self.num_stages)
+        self._digest = model_digest(model)  # of the whole model, before it is cut
+        if not self.env.is_distributed:  # one process, one stage: the plain model
+            return model
+        if self.example_batch is None:
+            raise PipelineSetupError("pipeline_splitter=torch traces an example micro-batch")
+        rows = self.args.per_device_train_batch_size
+        example = tuple(t.to(self.device) for t in trace.example_inputs(self.example_batch(), rows))
+        self._trace_shape = tuple(example[0].shape)
+        self._stage_modules = trace.trace_stages(model, ranges, example, self.my_stages, True)
+        self._eval_modules = trace.trace_stages(model, ranges, example, self.my_stages, False)
+        trace.keep_only(model, self._stage_modules)
+        model.pipeline_stage = self.describe()
+        self._model = model
         return model
 
     def _materialise(self, model: nn.Module, tied: bool) -> nn.Module:
@@ -355,9 +412,10 @@ class PipelineStrategy(Strategy):
         if key not in self._schedules:
             from torch.distributed.pipelining import PipelineStage, schedules
 
+            modules = self._stage_modules if train or not self._eval_modules else self._eval_modules
             stages = [
                 PipelineStage(module, stage, self.num_stages, self.device, group=self._pp_group)
-                for module, stage in zip(self._stage_modules, self.my_stages, strict=True)
+                for module, stage in zip(modules, self.my_stages, strict=True)
             ]
             cls = getattr(schedules, self.schedule_class)
             target = stages[0] if self.layout == "single" else stages
@@ -380,6 +438,10 @@ class PipelineStrategy(Strategy):
 
     def _run(self, batch: dict[str, Any], n: int, train: bool) -> torch.Tensor:
         self._current_n = n
+        if self._trace_shape is not None:  # the traced stages take one micro-batch shape
+            from forgather.ml.train.parallel.pipeline_trace import fit_to_trace
+
+            batch = fit_to_trace(batch, self._trace_shape[1])
         shape: tuple = tuple(batch["input_ids"].shape)
         if self.dp > 1:
             # a new shape builds new stages, whose first step runs a shape-inference forward: the
@@ -467,6 +529,17 @@ class PipelineStrategy(Strategy):
         one per pipeline rank, each batch repeated until its rows divide by that."""
         rows = len(batch["input_ids"])
         least = self.pp_size
+        if self._trace_shape is not None:
+            # traced stages take micro-batches of the traced rows only: repeat the batch until its
+            # rows make whole micro-batches, at least one per pipeline rank
+            size = self._trace_shape[0]
+            repeats = size // math.gcd(rows, size)
+            repeats *= -(-least // (rows * repeats // size))
+            batch = {
+                k: v.repeat(repeats, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()
+            }
+            return batch, rows * repeats // size
         repeats = -(-least // rows) if rows < least else 1
         if self.dp > 1:
             repeats = least // math.gcd(rows, least)
