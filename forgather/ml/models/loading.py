@@ -1,14 +1,23 @@
 """Loading a trained causal LM for inference: a saved model directory or a training checkpoint.
 
 A model directory is what ``save_pretrained`` writes (``config.json``, weights, tokenizer; forgather's
-own also hold the model's source, loaded as Hugging Face remote code). A training checkpoint
+own also hold the model's source, for loading without forgather). A training checkpoint
 (``manifest.json``; format in ``forgather.ml.train.checkpoint_format``) carries its model's config in
 its ``hf/`` directory (older ones: in its run's output directory, and nowhere higher); its weights
 (sharded DCP files, or one ``model.safetensors``) replace the saved ones, and every weight must match.
+
+No code from a model directory runs unless it must and may: a forgather model is built from
+forgather's own classes (the copy of its source in the directory is for other machines), a model
+whose ``config.json`` has no ``auto_map`` needs no remote code, and a directory whose ``auto_map``
+names its own code is refused when it, its ``config.json`` or a ``.py`` file in it is owned by
+another user (root excepted) or writable by others (see `check_code_dir`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,49 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 class ModelNotFoundError(ForgatherError):
     """No loadable model at the given path."""
+
+
+class UntrustedCodeError(ForgatherError):
+    """A model directory's own code would run, but others could have written it."""
+
+
+def check_code_dir(model_dir: Path) -> None:
+    """Refuse to run `model_dir`'s code when it, its config.json or one of its .py files is owned
+    by another user (root excepted) or writable by users other than its owner (its owner's own
+    group excepted)."""
+    uid, gid = os.getuid(), os.getgid()
+    for path in [model_dir, model_dir / "config.json", *sorted(model_dir.glob("*.py"))]:
+        info = path.stat()
+        if info.st_uid not in (uid, 0):
+            problem = f"is owned by uid {info.st_uid}, not by you (uid {uid}) or root"
+        elif info.st_mode & stat.S_IWOTH:
+            problem = "is writable by every user"
+        elif info.st_mode & stat.S_IWGRP and info.st_gid != gid:
+            problem = f"is writable by group {info.st_gid}"
+        else:
+            continue
+        raise UntrustedCodeError(
+            f"refusing to run the code of {model_dir} (its config.json has an auto_map): {path} "
+            f"{problem}; copy the directory to one only you can write, after reading its code"
+        )
+
+
+def _model_loaders(model_dir: Path, trust_remote_code: bool) -> tuple[Any, Any, bool]:
+    """(config class, model class, whether remote code is allowed) for a model directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot read {model_dir / 'config.json'}: {error}") from None
+    from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
+
+    if config.get("model_type") == ForgatherConfig.model_type:
+        return ForgatherConfig, ForgatherForCausalLM, False
+    if trust_remote_code and config.get("auto_map"):
+        check_code_dir(model_dir)
+        return AutoConfig, AutoModelForCausalLM, True
+    return AutoConfig, AutoModelForCausalLM, False
 
 
 def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
@@ -106,27 +158,32 @@ def _load_checkpoint_weights(model: Any, model_dir: Path, checkpoint: Path) -> N
 def load_causal_lm(
     path: str | Path, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = True
 ) -> tuple[Any, Any, Path]:
-    """(model in eval mode on ``device``, tokenizer, model directory) for a model dir or checkpoint."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model in eval mode on ``device``, tokenizer, model directory) for a model dir or checkpoint.
+
+    ``trust_remote_code``: allow a (non-forgather) model directory's own code, subject to
+    `check_code_dir`.
+    """
+    from transformers import AutoTokenizer
 
     model_dir, checkpoint = find_model_dir(path)
     device = resolve_device(device)
+    config_class, model_class, trust = _model_loaders(model_dir, trust_remote_code)
+    code = {"trust_remote_code": True} if trust else {}
     try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        config = config_class.from_pretrained(model_dir, **code)
         torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
         if checkpoint is None:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir, trust_remote_code=trust_remote_code, dtype=torch_dtype
-            )
+            model = model_class.from_pretrained(model_dir, dtype=torch_dtype, **code)
         else:  # the weights come from the checkpoint: build the model from its config alone
-            model = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=trust_remote_code, dtype=torch_dtype
-            )
+            if hasattr(model_class, "from_config"):  # the Auto class
+                model = model_class.from_config(config, dtype=torch_dtype, **code)
+            else:
+                model = model_class._from_config(config, dtype=torch_dtype)
             if (model_dir / "generation_config.json").is_file():
                 from transformers import GenerationConfig
 
                 model.generation_config = GenerationConfig.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **code)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
     if checkpoint is not None:

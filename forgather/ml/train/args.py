@@ -26,6 +26,22 @@ STRATEGIES = ("no", "steps", "epoch")
 PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
 PIPELINE_SPLITTERS = ("auto", "manual", "torch")
 FUSED_LOSSES = ("auto", "off", "torch", "liger")
+# The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
+HYPERPARAMETERS = (
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "optim",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "max_grad_norm",
+    "bf16",
+    "fp16",
+)
 PIPELINE_SCHEDULES = (
     "GPipe",
     "1F1B",
@@ -173,6 +189,12 @@ class TrainingArguments:
     """Resume exactly: None/False start fresh; True or "latest" the newest complete checkpoint in
     `output_dir`; "auto" the newest if there is one, else start fresh (what `fgl up --elastic`
     restarts use); a path that checkpoint. Anything missing or mismatched is an error."""
+
+    allow_changed_hyperparameters: bool = False
+    """Resume a checkpoint although this run's optimisation hyper-parameters (`HYPERPARAMETERS`:
+    learning rate, schedule, warm-up, optimizer and its settings, clipping, precision) differ from
+    the ones it was trained with; without it such a resume stops with one line listing the
+    changes, before anything is loaded."""
 
     keep_global_batch: bool = False
     """On a resume into another number of data-parallel ranks, set `gradient_accumulation_steps`

@@ -137,8 +137,8 @@ class CheckpointManager:
 
     `env` is the `DistributedEnvironment` (None: single process). Every rank writes its shards of
     the weights and optimizer state (DCP) and its RNG file; rank 0 the small shared files and the
-    manifest, with barriers between the phases. `metadata` may set `config_digest`, `git_sha` and
-    `image_digest` of the manifest.
+    manifest, with barriers between the phases. `metadata` may set `config_digest`,
+    `hyperparameters`, `git_sha` and `image_digest` of the manifest.
 
     On nodes without a shared filesystem (found at the first save or load, `checkpoint_storage`) each
     node's directory gets the shared files and the manifest, and the lowest rank of each node renames,
@@ -336,6 +336,7 @@ class CheckpointManager:
                 "parallelism": strategy.name if strategy is not None else "ddp",
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "config_digest": self.metadata.get("config_digest"),
+                "hyperparameters": self.metadata.get("hyperparameters"),
                 "model_digest": strategy.model_digest(model)
                 if strategy is not None
                 else model_digest(model),

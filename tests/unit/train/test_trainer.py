@@ -463,3 +463,41 @@ def test_a_fused_loss_the_model_or_device_cannot_run_is_one_clear_error(tmp_path
     assert make(tiny_forgather(), "auto")._loss_impl is None  # on CPU: the plain loss
     with pytest.raises(ValueError, match="fused_loss must be one of"):
         TrainingArguments(output_dir=str(tmp_path), fused_loss="yes")
+
+
+def test_resuming_with_other_hyper_parameters_stops_unless_allowed(tmp_path, capsys):
+    def trainer(**overrides):
+        fields = dict(
+            output_dir=str(tmp_path / "out"),
+            max_steps=6,
+            save_steps=3,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            device="cpu",
+        )
+        args = TrainingArguments(**{**fields, **overrides})
+        return Trainer(args=args, model=tiny_llama(), train_dataset=ProgressionDataset(64))
+
+    first = trainer(max_steps=3)
+    first.train()
+    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-3"
+    recorded = read_manifest(checkpoint)["hyperparameters"]
+    assert recorded["learning_rate"] == 1e-3 and recorded["lr_scheduler_type"] == "linear"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoint.rglob("*")}
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint-3 was trained with other hyper-parameters: learning_rate 0.001 -> 0.01, "
+        r"max_grad_norm 1.0 -> 0.5; restore them, or resume with the new ones: "
+        r"trainer_args.allow_changed_hyperparameters=true",
+    ):
+        trainer(learning_rate=1e-2, max_grad_norm=0.5, resume_from_checkpoint=True).train()
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.rglob("*")} == before
+    assert [c.name for c in list_checkpoints(tmp_path / "out")] == ["checkpoint-3"]
+    # the same values (a longer run) resume silently; new values with the flag, said aloud
+    state = trainer(
+        learning_rate=1e-2, allow_changed_hyperparameters=True, resume_from_checkpoint=True
+    ).train()
+    assert state.global_step == 6
+    assert "resuming checkpoint-3 with changed hyper-parameters: learning_rate 0.001 -> 0.01" in (
+        capsys.readouterr().err
+    )
