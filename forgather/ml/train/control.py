@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import secrets
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from forgather.errors import ForgatherError
 COMMANDS = ("save", "stop", "save-stop", "abort")
 JOBS_DIR_ENV = "FORGATHER_JOBS_DIR"
 MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 32  # open connections (threads) at once; a new one closes the oldest
+REQUEST_TIMEOUT = 5.0  # seconds a connection may stay silent
 
 
 class ControlError(ForgatherError):
@@ -101,7 +104,20 @@ def jobs_dir() -> Path:
 
 
 def _ensure_dir(directory: Path) -> Path:
+    """The jobs directory, created 0700; refused when another user owns it or others can enter it
+    (it holds the jobs' bearer tokens)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.stat()
+    if info.st_uid != os.getuid():
+        raise ControlError(
+            f"jobs directory {directory} is owned by uid {info.st_uid}, not by you "
+            f"(uid {os.getuid()}): set {JOBS_DIR_ENV} to a directory of your own"
+        )
+    if info.st_mode & 0o077:
+        raise ControlError(
+            f"jobs directory {directory} has mode {info.st_mode & 0o777:04o}: others could read "
+            f"the jobs' tokens; chmod 700 {directory}"
+        )
     return directory
 
 
@@ -197,6 +213,7 @@ def find_job(ref: str, directory: Path | None = None) -> JobInfo:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "forgather-control/1"
+    timeout = REQUEST_TIMEOUT  # a client that sends nothing is dropped after this many seconds
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -254,9 +271,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """At most `MAX_CONNECTIONS` open connections (one thread each): a new one beyond them closes
+    the oldest, so clients that open connections and send nothing cannot lock out a real command
+    (which completes in milliseconds) nor pile up threads in the training process."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the listen backlog: a burst of connects is accepted, not retried
     control: ControlServer
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._open: dict[Any, None] = {}  # oldest first
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._open_lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                oldest = next(iter(self._open))
+                del self._open[oldest]
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)  # its handler reads EOF and ends
+            self._open[request] = None
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
 
 
 class ControlServer:
@@ -297,8 +339,6 @@ class ControlServer:
         if self._httpd is not None:
             assert self.info is not None
             return self.info
-        import socket
-
         server_class = _Server
         if ":" in self.host:  # IPv6 literal
             server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})

@@ -256,3 +256,69 @@ def test_list_with_no_jobs(jobs_dir, cli):
     result = cli("control", "list")
     assert result.exit_code == 0
     assert result.stdout.startswith("no running jobs")
+
+
+def test_300_idle_connections_neither_pile_up_threads_nor_lock_out_a_command(loop):
+    """Connections that never send a request line: the training process keeps at most
+    MAX_CONNECTIONS of them (a new one closes the oldest), and a real command still gets through
+    within a second."""
+    from forgather.ml.train.control import MAX_CONNECTIONS
+
+    info = find_job("run1")
+    threads_before = threading.active_count()
+    idle = [socket.create_connection((info.host, info.port)) for _ in range(300)]
+    try:
+        started = time.monotonic()
+        status, body = request(info.url + "/command", info.token, b'{"command": "save"}')
+        assert status == 202 and body["accepted"] == "save"
+        assert time.monotonic() - started < 1.0
+        assert wait_for(lambda: loop.flag_steps("should_save"), timeout=5)
+        assert threading.active_count() <= threads_before + MAX_CONNECTIONS + 2
+    finally:
+        for sock in idle:
+            sock.close()
+    assert loop.is_alive()
+
+
+def test_a_silent_connection_is_dropped_after_the_request_timeout(loop, monkeypatch):
+    from forgather.ml.train import control
+
+    info = find_job("run1")
+    with socket.create_connection((info.host, info.port)) as sock:
+        sock.settimeout(control.REQUEST_TIMEOUT + 5)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # the server closed it
+        assert time.monotonic() - started < control.REQUEST_TIMEOUT + 2
+
+
+def test_a_jobs_dir_others_can_enter_or_own_turns_control_off_and_training_goes_on(
+    tmp_path, jobs_dir, capsys
+):
+    jobs_dir.mkdir(mode=0o755)
+    os.chmod(jobs_dir, 0o755)
+    fake = FakeLoop(tmp_path, job_id="open-000001", max_steps=3)
+    assert fake.callback.server is None
+    assert "trainer control is off for this run: jobs directory" in capsys.readouterr().err
+    assert "has mode 0755: others could read the jobs' tokens" in str(
+        pytest.raises(ControlError, write_job_file, JobInfo("x", "h", 1, "t", 1, None, "s")).value
+    )
+    fake.start()
+    fake.join(timeout=10)
+    assert fake.state.global_step == 3 and not list(jobs_dir.iterdir())
+    if os.getuid() == 0:  # another owner (giving it away needs root)
+        os.chmod(jobs_dir, 0o700)
+        os.chown(jobs_dir, 65534, 65534)
+        with pytest.raises(ControlError, match="is owned by uid 65534, not by you"):
+            write_job_file(JobInfo("x", "h", 1, "t", 1, None, "s"))
+
+
+def test_a_port_in_use_turns_control_off_and_training_goes_on(tmp_path, jobs_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        callback = TrainerControlCallback(
+            job_id="busy-000001", announce=False, port=taken.getsockname()[1]
+        )
+        callback.on_train_begin(make_args(tmp_path), make_state(), TrainerControl())
+    assert callback.server is None
+    assert "trainer control is off for this run" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import time
 from typing import Any, TextIO
 
 from forgather.ml.train.callbacks.base import TrainerCallback
-from forgather.ml.train.control import ControlServer
+from forgather.ml.train.control import ControlError, ControlServer
 
 SAVE, STOP, ABORT = 1, 2, 4
 COMMAND_BITS = {"save": SAVE, "stop": STOP, "save-stop": SAVE | STOP, "abort": ABORT | STOP}
@@ -116,7 +116,13 @@ class TrainerControlCallback(TrainerCallback):
             output_dir=output_dir,
             status_fn=self._status_snapshot,
         )
-        info = self.server.start()
+        try:
+            info = self.server.start()
+        except (OSError, ControlError) as error:  # no port, a bad jobs dir: train on without it
+            self.server.stop()
+            self.server = None
+            sys.stderr.write(f"forgather: trainer control is off for this run: {error}\n")
+            return
         atexit.register(self._shutdown)
         self._update_status(state, state="running", loss=None)
         if self.announce:
