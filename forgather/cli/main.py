@@ -35,16 +35,21 @@ def report_error(error: BaseException, show_traceback: bool) -> None:
 
 
 class ForgatherGroup(TyperGroup):
-    """Turns user errors (`ForgatherError`) raised by any command into one line and exit status 1."""
+    """Turns user errors (`ForgatherError`) and filesystem errors (`OSError`: a path under a regular
+    file, no permission, a full disk) raised by any command into one line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from forgather.errors import ForgatherError
+        from forgather.errors import ForgatherError, describe_os_error
 
         try:
             return super().invoke(ctx)
         except ForgatherError as error:
             obj = ctx.find_object(State)
             report_error(error, bool(obj and obj.traceback))
+            raise typer.Exit(1) from None
+        except OSError as error:
+            obj = ctx.find_object(State)
+            report_error(OSError(describe_os_error(error)), bool(obj and obj.traceback))
             raise typer.Exit(1) from None
 
 

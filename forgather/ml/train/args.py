@@ -26,6 +26,8 @@ STRATEGIES = ("no", "steps", "epoch")
 PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
 PIPELINE_SPLITTERS = ("auto", "manual", "torch")
 FUSED_LOSSES = ("auto", "off", "torch", "liger")
+MAX_STEPS = 1_000_000_000  # a run of more optimizer steps is a typo, not a plan
+MAX_EPOCHS = 1_000_000
 # The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
 HYPERPARAMETERS = (
     "learning_rate",
@@ -341,8 +343,16 @@ class TrainingArguments:
         require(
             self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1"
         )
-        require(self.num_train_epochs >= 0, "num_train_epochs", "must be >= 0")
-        require(self.max_steps == -1 or self.max_steps > 0, "max_steps", "must be -1 or > 0")
+        require(
+            0 <= self.num_train_epochs <= MAX_EPOCHS,
+            "num_train_epochs",
+            f"must be in [0, {MAX_EPOCHS}]",
+        )
+        require(
+            self.max_steps == -1 or 0 < self.max_steps <= MAX_STEPS,
+            "max_steps",
+            f"must be -1 or in [1, {MAX_STEPS:_}] (a typo'd bound would run for ever)",
+        )
         require(
             self.max_eval_steps == -1 or self.max_eval_steps > 0,
             "max_eval_steps",

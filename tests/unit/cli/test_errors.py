@@ -103,3 +103,16 @@ def test_failing_call_in_construct_is_a_build_error_naming_the_line(cli, project
     assert len(result.stderr.splitlines()) == 1
     assert "bad.yaml:3" in result.stderr and "ValueError" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_full_disk_says_what_to_do():
+    import errno
+    import os
+
+    from forgather.errors import describe_os_error
+
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/out/checkpoints/x.distcp")
+    assert describe_os_error(error) == (
+        "/out/checkpoints/x.distcp: No space left on device (the disk is full: free space, then "
+        "resume; complete checkpoints are kept)"
+    )

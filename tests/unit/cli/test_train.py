@@ -175,3 +175,17 @@ def test_help_lists_the_flags_the_config_declares(project, monkeypatch, capsys):
     assert run_main(["-p", str(directory), "train", "--help"], monkeypatch) in (0, None)
     out = capsys.readouterr().out
     assert "Flags declared by run.yaml" in out and "--max-steps (int)" in out
+
+
+def test_a_filesystem_error_in_the_run_is_one_line_naming_the_path(project, monkeypatch, capsys):
+    """An output path under a regular file (or any OSError the run meets) is one line with the
+    path and the cause, exit status 1, no traceback."""
+    directory, _ = project
+    blocker = directory / "a-file"
+    blocker.write_text("")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    argv = ["-p", str(directory), "train", f"main.path={blocker}/out.json"]
+    assert run_main(argv, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {blocker}/out.json: Not a directory"], err

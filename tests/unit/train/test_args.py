@@ -55,6 +55,8 @@ def test_unknown_argument_in_a_config_is_reported_with_file_and_line(tmp_path):
     ("kwargs", "field"),
     [
         ({"max_steps": -5}, "max_steps"),
+        ({"max_steps": 10**12}, "max_steps"),  # past any sensible bound
+        ({"num_train_epochs": 1e9}, "num_train_epochs"),
         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
         ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
         ({"warmup_ratio": 1.5}, "warmup_ratio"),
