@@ -266,6 +266,29 @@ class CheckpointManager:
         return path
 
     # --- writing ---
+    def _check_free_space(
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """CheckpointError on every rank, before anything is written, when a storage's free space
+        is below the checkpoint's size (the weights and optimizer state all ranks hold, + 5%):
+        a full disk must not interrupt a write half-way (collective)."""
+        tensors = [*model.state_dict().values()]
+        for state in optimizer.state.values():
+            tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
+        local = sum(_local_tensor(t).numel() * t.element_size() for t in tensors)
+        need = int(sum(self._all_gather(local)) * 1.05)
+        free = None
+        if self.storage.is_leader:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.dir if self.dir.exists() else self.dir.parent).free
+        least = min(f for f in self._on_leaders(free) if f is not None)
+        if least < need:
+            raise CheckpointError(
+                f"not enough free space in {self.dir} for checkpoint {step}: it needs about "
+                f"{_gib(need)}, {_gib(least)} are free; free space (or lower save_total_limit) "
+                "and resume: the complete checkpoints are kept"
+            )
+
     def save(
         self,
         *,
@@ -293,6 +316,8 @@ class CheckpointManager:
         storage = self.storage
         if all(self._on_leaders(is_complete(final))):
             return final
+        model = unwrap_model(model)
+        self._check_free_space(step, model, optimizer)
         if storage.is_leader:
             self.dir.mkdir(parents=True, exist_ok=True)
             if temp.exists():
@@ -300,7 +325,6 @@ class CheckpointManager:
             temp.mkdir()
         self._barrier()
 
-        model = unwrap_model(model)
         _dcp_save(get_model_state_dict(model), temp / MODEL_DIR)
         if os.environ.get(STALL_ENV) == str(step):
             time.sleep(3600)  # test hook: be killed in the middle of a write
@@ -657,6 +681,15 @@ def _save_loading_files(model: torch.nn.Module, directory: Path, tokenizer: Any)
     for file in directory.rglob("*"):
         if file.is_file():
             _fsync(file)
+
+
+def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's (FSDP shard's) local part, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -501,3 +502,62 @@ def test_resuming_with_other_hyper_parameters_stops_unless_allowed(tmp_path, cap
     assert "resuming checkpoint-3 with changed hyper-parameters: learning_rate 0.001 -> 0.01" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_full_disk_stops_before_the_checkpoint_and_the_previous_one_resumes(tmp_path):
+    """On a 16 MiB filesystem filled up after checkpoint 3, checkpoint 6 is refused before a byte
+    is written (one line naming the directory and the sizes); checkpoint 3 stays complete, and
+    once there is space again the run resumes from it and finishes."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+
+        class FillDisk:
+            def __getattr__(self, name):
+                if name.startswith("on_"):
+                    return lambda *args, **kwargs: None
+                raise AttributeError(name)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 4:  # leave less than a checkpoint (~1.4 MB) free
+                    size = shutil.disk_usage(disk).free - 256 * 1024
+                    while True:  # tmpfs counts in pages: step down until it fits
+                        try:
+                            (disk / "filler").write_bytes(bytes(size))
+                            return
+                        except OSError:
+                            size -= 64 * 1024
+
+        def trainer(callbacks=(), **overrides):
+            fields = dict(
+                output_dir=str(disk / "out"),
+                max_steps=6,
+                save_steps=3,
+                per_device_train_batch_size=4,
+                device="cpu",
+            )
+            args = TrainingArguments(**{**fields, **overrides})
+            return Trainer(
+                args=args,
+                model=tiny_llama(),
+                train_dataset=ProgressionDataset(64),
+                callbacks=list(callbacks),
+            )
+
+        with pytest.raises(CheckpointError, match=r"not enough free space in .*out/checkpoints for "
+                           r"checkpoint 6: it needs about .* free; free space"):  # fmt: skip
+            trainer([FillDisk()]).train()
+        assert [c.name for c in list_checkpoints(disk / "out")] == ["checkpoint-3"]
+        assert not list((disk / "out" / "checkpoints").glob(".tmp-*"))
+        (disk / "filler").unlink()
+        state = trainer(resume_from_checkpoint=True).train()
+        assert state.global_step == 6
+        assert [c.name for c in list_checkpoints(disk / "out")] == ["checkpoint-3", "checkpoint-6"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
