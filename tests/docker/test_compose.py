@@ -128,6 +128,9 @@ def test_compose_serve_answers_openai_clients(runtime_image, trained):
         assert wait_for(healthy, timeout=120), compose(*files, *project, "logs", env=env).stdout[
             -3000:
         ]
+        # published on loopback only, unless FORGATHER_SERVE_BIND says otherwise
+        published = compose(*files, *project, "port", "serve", "8000", env=env)
+        assert published.stdout.strip() == f"127.0.0.1:{port}", published.stdout + published.stderr
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["tiny"]
         reply = client.completions.create(model="tiny", prompt="Mr. Bingley", max_tokens=5)
