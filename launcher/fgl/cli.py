@@ -217,7 +217,12 @@ def up_command(
     env_file: EnvFile = None,
     workspace: Workspace = None,
     shm_size: Annotated[
-        str | None, typer.Option("--shm-size", help="Private /dev/shm size instead of host IPC.")
+        str | None,
+        typer.Option(
+            "--shm-size",
+            help="Size of each container's private /dev/shm (default 16g), or 'host' to share "
+            "the host's IPC namespace instead.",
+        ),
     ] = None,
     memlock: Annotated[
         str | None, typer.Option("--memlock", help="memlock=-1 ulimit: auto (fall back), on, off.")
@@ -699,7 +704,8 @@ def doctor_command(
     chosen = image or (inv.image if inv else None)
     if not chosen:
         raise FglError("no image: pass --image NAME:TAG or set 'image:' in fgl.yaml")
-    rows = doctor(specs, chosen, port=port, gpus=gpus)
+    host_ipc = bool(inv and inv.shm_size == "host")
+    rows = doctor(specs, chosen, port=port, gpus=gpus, host_ipc=host_ipc)
     table(COLUMNS, [r.cells() for r in rows])
     for r in rows:
         for w in r.warnings:

@@ -1,6 +1,7 @@
 """Container specs (pure): what fgl asks each engine to run, as Docker SDK ``containers.create`` kwargs.
 
-Every container gets host networking, host IPC (or a private /dev/shm of ``shm_size``), the stack and
+Every container gets host networking, a private IPC namespace with a /dev/shm of ``shm_size``
+(default 16g; ``shm_size="host"`` shares the host's IPC namespace instead), the stack and
 memlock ulimits, an init process, GPUs by device request only where the node has them, fgl labels, the
 workspace mounted at the same path on every node, and the invoking user's PUID/PGID.
 """
@@ -17,6 +18,11 @@ from docker.types import DeviceRequest, Ulimit
 STACK_BYTES = 67108864
 # Names whose values are secrets: tokens, keys, passwords (PASSWD, PGPASS, a PASS word),
 # credentials, auth, cookies, sessions, personal access tokens (a PAT word: never PATH).
+# A private /dev/shm this large unless asked otherwise (tmpfs: only what is written uses memory);
+# "host" shares the host's IPC namespace (and its /dev/shm) instead.
+DEFAULT_SHM_SIZE = "16g"
+HOST_IPC = "host"
+
 SECRET_KEY = re.compile(
     r"TOKEN|SECRET|PASSW(OR)?D|PASSPHRASE|PGPASS|(^|[_.-])PASS($|[_.-])|KEY|CREDENTIAL|AUTH"
     r"|COOKIE|SESSION|PRIVATE|(^|[_.-])PAT($|[_.-])",
@@ -157,11 +163,12 @@ def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "stdin_open": False,
         "tty": False,
     }
-    if spec.shm_size:
-        kwargs["ipc_mode"] = "private"
-        kwargs["shm_size"] = spec.shm_size
-    else:
+    size = spec.shm_size or DEFAULT_SHM_SIZE
+    if size == HOST_IPC:
         kwargs["ipc_mode"] = "host"
+    else:
+        kwargs["ipc_mode"] = "private"
+        kwargs["shm_size"] = size
     vols = volumes(spec)
     if vols:
         kwargs["volumes"] = vols

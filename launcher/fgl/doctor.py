@@ -79,9 +79,14 @@ def human_bytes(n: int | None) -> str:
 
 
 def rows_from(
-    specs: list[NodeSpec], reach: list[object], pf: Preflight | None, port: int | None
+    specs: list[NodeSpec],
+    reach: list[object],
+    pf: Preflight | None,
+    port: int | None,
+    host_ipc: bool = False,
 ) -> list[Row]:
-    """Turn connection results and pre-flight facts into rows (pure: no engine is touched)."""
+    """Turn connection results and pre-flight facts into rows (pure: no engine is touched).
+    The host's /dev/shm matters only to containers that share the host's IPC (`host_ipc`)."""
     rows: list[Row] = []
     facts = {f.name: f for f in pf.facts} if pf else {}
     ids = {f.image_id for f in facts.values() if f.image_id}
@@ -119,9 +124,10 @@ def rows_from(
                     row.blocking.append(f"node {spec.name}: port {wanted} is in use (pass --port)")
             shm = f.probe.get("shm_bytes")
             row.shm = human_bytes(shm)
-            if shm is not None and shm < MIN_SHM:
+            if host_ipc and shm is not None and shm < MIN_SHM:
                 row.warnings.append(
-                    f"node {spec.name}: /dev/shm is {human_bytes(shm)} (set shm_size: 16g)"
+                    f"node {spec.name}: /dev/shm is {human_bytes(shm)} and containers share it "
+                    "(shm_size: host); give them their own: shm_size: 16g"
                 )
             resolves = f.probe.get("hostname_resolves_to", [])
             if resolves and all(a.startswith("127.") for a in resolves):
@@ -141,7 +147,11 @@ def rows_from(
 
 
 def doctor(
-    specs: list[NodeSpec], image: str, port: int | None = None, gpus: str | None = None
+    specs: list[NodeSpec],
+    image: str,
+    port: int | None = None,
+    gpus: str | None = None,
+    host_ipc: bool = False,
 ) -> list[Row]:
     """Check every node (in parallel) and return one row per node."""
     nodes = [Node(s, rank) for rank, s in enumerate(specs)]
@@ -163,7 +173,7 @@ def doctor(
                 strict=False,
                 probe=bool(endpoint),
             )
-        rows = rows_from(specs, reach, pf, port)
+        rows = rows_from(specs, reach, pf, port, host_ipc)
         if endpoint_error:
             rows[0].blocking.append(f"node 0: {endpoint_error}")
         return rows

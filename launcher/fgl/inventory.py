@@ -295,9 +295,10 @@ def load_inventory(path: str | Path) -> Inventory:
         inv.workspace = str(ws if ws.is_absolute() else base / ws)
     if data.get("shm_size") is not None:
         size = str(data["shm_size"]).strip()
-        if not _SIZE.match(size):
+        if not _SIZE.match(size) and size != "host":
             raise InventoryError(
-                f"{_where(p, data, 'shm_size')}: shm_size must look like 16g, got {size!r}"
+                f"{_where(p, data, 'shm_size')}: shm_size must look like 16g (or be host), "
+                f"got {size!r}"
             )
         inv.shm_size = size.lower()
     if "memlock" in data:

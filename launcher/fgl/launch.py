@@ -62,6 +62,15 @@ class Settings:
     mode: str = "c10d"
 
 
+def checked_shm_size(value: str | None) -> str | None:
+    """`--shm-size` as given ("16g", "512m", "host"), or a FglError naming the flag."""
+    import re
+
+    if value is None or value == "host" or re.fullmatch(r"[0-9]+[bkmgBKMG]?", value):
+        return value.lower() if value else value
+    raise FglError(f"--shm-size must look like 16g (or be host), got {value!r}")
+
+
 def settings_from(
     inventory: Inventory | None,
     *,
@@ -99,7 +108,7 @@ def settings_from(
         mounts=list(inv.mounts),
         workspace=ws,
         working_dir=wd,
-        shm_size=shm_size or inv.shm_size,
+        shm_size=checked_shm_size(shm_size) or inv.shm_size,
         memlock=memlock or inv.memlock,
         gpus_flag=gpus,
         gpus_default=inv.gpus_per_node,

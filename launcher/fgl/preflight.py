@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import time
@@ -193,7 +194,8 @@ def host_probe_stands_for_container(facts: dict[str, Any] | None, f: NodeFacts) 
 def run_probe_container(
     node: Node, image: str, target: str | None, ports: list[int], run_id: str = "probe"
 ) -> dict[str, Any]:
-    """Run the probe container on a node (host network and IPC) and return its facts."""
+    """Run the probe container on a node (host network; its own IPC namespace; as the invoking
+    user, not root) and return its facts. Its /dev/shm is its own, so it reports none."""
     client = node.client
     args = json.dumps({"target": target, "ports": ports})
     kwargs = {
@@ -201,10 +203,10 @@ def run_probe_container(
         "entrypoint": ["python3", "-c", probe_source(), args],
         "command": [],
         "network_mode": "host",
-        "ipc_mode": "host",
+        "ipc_mode": "private",
         "labels": {"fgl.run": run_id, "fgl.role": "probe", "fgl.node-rank": str(node.rank)},
         "detach": True,
-        "user": "0:0",
+        "user": f"{os.getuid()}:{os.getgid()}",
     }
     try:
         container = client.containers.create(**kwargs)
@@ -222,9 +224,11 @@ def run_probe_container(
                 f"the probe container exited {result.get('StatusCode')} ({tail}); does {image} have python3?"
             )
         try:
-            return parse_probe_output(output)
+            facts = parse_probe_output(output)
         except ValueError as exc:
             raise node.fail(str(exc)) from None
+        facts["shm_bytes"] = None  # the container's own /dev/shm says nothing of the host's
+        return facts
     except docker.errors.APIError as exc:
         raise node.fail(f"probe container: {exc.explanation or exc}") from None
     except Exception as exc:

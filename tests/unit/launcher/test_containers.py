@@ -47,7 +47,9 @@ def spec(**kw):
 
 def test_kwargs_have_host_network_ipc_init_ulimits_labels():
     kw = container_kwargs(spec())
-    assert kw["network_mode"] == "host" and kw["ipc_mode"] == "host" and kw["init"] is True
+    assert kw["network_mode"] == "host" and kw["init"] is True
+    # a private IPC namespace with a 16g /dev/shm unless asked otherwise
+    assert kw["ipc_mode"] == "private" and kw["shm_size"] == "16g"
     assert {(u["Name"], u["Soft"], u["Hard"]) for u in kw["ulimits"]} == {
         ("stack", 67108864, 67108864),
         ("memlock", -1, -1),
@@ -63,12 +65,14 @@ def test_kwargs_have_host_network_ipc_init_ulimits_labels():
     assert kw["working_dir"] == "/data/ws"
     assert kw["environment"] == {"HF_TOKEN": "hf_abcdef", "A": "1", "PUID": "1000", "PGID": "1001"}
     assert kw["detach"] and not kw["tty"]
-    assert "device_requests" not in kw and "shm_size" not in kw
+    assert "device_requests" not in kw
 
 
-def test_shm_size_replaces_host_ipc():
-    kw = container_kwargs(spec(shm_size="16g"))
-    assert kw["ipc_mode"] == "private" and kw["shm_size"] == "16g"
+def test_shm_size_sizes_the_private_shm_and_host_shares_the_hosts_ipc():
+    kw = container_kwargs(spec(shm_size="64g"))
+    assert kw["ipc_mode"] == "private" and kw["shm_size"] == "64g"
+    kw = container_kwargs(spec(shm_size="host"))
+    assert kw["ipc_mode"] == "host" and "shm_size" not in kw
 
 
 @pytest.mark.parametrize(("gpus", "count"), [("all", -1), ("2", 2)])

@@ -79,9 +79,13 @@ def test_small_shm_loopback_hostname_and_clock_skew_only_warn():
         "hostname_resolves_to": ["127.0.1.1"],
     }
     pf = Preflight("img", "127.0.0.1", [facts(0, "a", probe=probe, skew=12.0)], [29500])
-    (row,) = rows_from(specs, [None], pf, None)
+    (row,) = rows_from(specs, [None], pf, None, host_ipc=True)
     assert row.verdict == "warn" and not row.blocking
     assert len(row.warnings) == 3 and row.clock == "+12.00s" and row.shm == "64.0M"
+    assert "containers share it (shm_size: host)" in row.warnings[0]
+    # containers with their own /dev/shm (the default) do not care about the host's
+    (row,) = rows_from(specs, [None], pf, None)
+    assert len(row.warnings) == 2 and row.shm == "64.0M"
 
 
 def test_a_missing_image_fails_every_node_lacking_it():
