@@ -2,6 +2,11 @@
 # Build an offline Debian base image (debootstrap + docker import) for air-gapped hosts and tests.
 #
 #   images/build_base.sh [--suite bookworm] [--mirror URL] [--include pkg,pkg] [--tag NAME:TAG]
+#                        [--keyring FILE]
+#
+# The packages are checked against the Debian archive's signing keys (--keyring, default
+# /usr/share/keyrings/debian-archive-keyring.gpg from the debian-archive-keyring package); without
+# the keyring the build stops instead of installing unverified packages.
 #
 # Prints the image name (NAME:TAG) on stdout; everything else goes to stderr. Idempotent: the image
 # tag and the cached root filesystem are keyed by the inputs (suite, mirror, packages, this script),
@@ -14,16 +19,18 @@ MIRROR=http://deb.debian.org/debian
 PACKAGES="python3 python3-venv python3-pip tini gosu ca-certificates procps iproute2 netbase passwd"
 EXTRA=""
 TAG=""
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}
 CACHE_ROOT=${FORGATHER_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/forgather-images}
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --suite) SUITE=$2; shift 2 ;;
         --mirror) MIRROR=$2; shift 2 ;;
         --include) EXTRA=$2; shift 2 ;;
         --tag) TAG=$2; shift 2 ;;
+        --keyring) KEYRING=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build_base.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -46,11 +53,12 @@ fi
 if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || { log "debootstrap not found (apt-get install -y debootstrap)"; exit 1; }
     [ "$(id -u)" = 0 ] || { log "debootstrap needs root"; exit 1; }
+    [ -s "$KEYRING" ] || { log "no keyring $KEYRING to check the packages' signatures (apt-get install -y debian-archive-keyring, or --keyring FILE)"; exit 1; }
     mkdir -p "$cache"
     rootfs=$(mktemp -d "$cache/rootfs.XXXXXX")
     trap 'rm -rf "$rootfs" "$tarball.tmp"' EXIT
-    log "debootstrap --variant=minbase $SUITE ($packages) from $MIRROR"
-    debootstrap --variant=minbase --include="$packages" "$SUITE" "$rootfs" "$MIRROR" \
+    log "debootstrap --variant=minbase $SUITE ($packages) from $MIRROR, signatures checked with $KEYRING"
+    debootstrap --variant=minbase --keyring="$KEYRING" --include="$packages" "$SUITE" "$rootfs" "$MIRROR" \
         >"$cache/debootstrap.log" 2>&1 || { tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
     # Lean and registry-free: no package caches or lists (Dockerfiles run apt-get update when they
     # need apt), no machine identity, a policy that keeps services from starting during apt installs.

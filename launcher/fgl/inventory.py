@@ -20,8 +20,11 @@ LOCAL_NAMES = frozenset({"localhost", "local"})
 DEFAULT_INVENTORY = "fgl.yaml"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 
+# user names of letters, digits and ._- only; a host name never starts with "-" (it would reach ssh
+# or docker as an option)
 _SPEC = re.compile(
-    r"^(?:(?P<user>[^@\s:/\[\]]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(?P<port>[0-9]+))?$"
+    r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.\-]*)(?::(?P<port>[0-9]+))?$"
 )
 _SIZE = re.compile(r"^[0-9]+(?:[bkmgBKMG])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -97,7 +100,8 @@ def parse_node(text: str, origin: str = "--nodes") -> NodeSpec:
     m = _SPEC.match(raw)
     if not m:
         raise InventoryError(
-            f"{origin}: bad node {text!r}: write it as [user@]host[:port], e.g. alice@gpu1:22 or localhost"
+            f"{origin}: bad node {text!r}: write it as [user@]host[:port], e.g. 'alice@gpu1:22' or "
+            "'localhost' (user names of letters, digits and ._- only; no host starting with -)"
         )
     port = None
     if m["port"] is not None:

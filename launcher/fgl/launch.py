@@ -101,6 +101,13 @@ def settings_from(
     here = cwd or os.getcwd()
     ws = workspace if workspace is not None else (inv.workspace or here)
     ws = str(Path(ws).expanduser().resolve()) if ws else None
+    if ws and (ws == "/" or ws == str(Path.home().resolve())):
+        from fgl.output import warn
+
+        warn(
+            f"the workspace is {ws}: every node's containers see all of it (keys, tokens, other "
+            "projects); pass --workspace PROJECT_DIR (or run fgl from the project) to mount less"
+        )
     wd = here if ws and (here == ws or here.startswith(ws.rstrip("/") + "/")) else ws
     return Settings(
         image=chosen_image,

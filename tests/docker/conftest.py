@@ -34,6 +34,8 @@ DOCKER = "/usr/bin/docker"  # Debian's docker.io client: has BuildKit (the first
 APT_PACKAGES = {
     "docker.io": "/usr/sbin/dockerd",
     "debootstrap": "/usr/sbin/debootstrap",
+    # the Debian archive's keys: build_base.sh checks every package's signature with them
+    "debian-archive-keyring": "/usr/share/keyrings/debian-archive-keyring.gpg",
     "docker-compose": "/usr/bin/docker-compose",
     "openssh-server": "/usr/sbin/sshd",
     "openssh-client": "/usr/bin/ssh-keyscan",

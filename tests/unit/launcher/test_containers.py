@@ -238,3 +238,20 @@ def test_other_engine_errors_are_not_retried():
 
     with pytest.raises(docker.errors.APIError):
         MemlockFallback("auto").start("gpu0", container_kwargs(spec()), broken)
+
+
+def test_a_workspace_of_home_or_root_is_warned_about(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from fgl.launch import settings_from
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for workspace in ("/", str(tmp_path), "~"):
+        settings_from(None, image="img", env={}, env_file=None, workspace=workspace)
+        err = capsys.readouterr().err
+        shown = "/" if workspace == "/" else str(Path(tmp_path).resolve())
+        assert f"warning: the workspace is {shown}: every node's containers see all of it" in err
+    project = tmp_path / "project"
+    project.mkdir()
+    settings_from(None, image="img", env={}, env_file=None, workspace=str(project))
+    assert capsys.readouterr().err == ""
