@@ -88,7 +88,7 @@ def worker(options: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     from forgather.ml.models.factory import build_model
     from forgather.ml.train.args import TrainingArguments
-    from forgather.ml.train.metrics import device_peak_flops, flops_per_token
+    from forgather.ml.train.flops import device_peak_flops, flops_per_token
     from forgather.ml.train.trainer import Trainer
     from forgather.ml.unwrap import unwrap_model
 
@@ -188,7 +188,7 @@ def worker(options: argparse.Namespace) -> None:
                 else None,
                 "train_loss": loss,
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
-                # the trainer's own estimate (forgather.ml.train.metrics), from the whole model's
+                # the trainer's own estimate (forgather.ml.train.flops), from the whole model's
                 # config: every strategy's rows count the same FLOPs
                 "flops_per_token": flops_per_token(
                     unwrap_model(trainer.model).config, options.seq_len

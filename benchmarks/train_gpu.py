@@ -180,7 +180,7 @@ def trainer_run(model, options, device, fused_loss: str) -> tuple[float, float]:
 
 def run_row(name: str, options, device) -> dict:
     from forgather.ml.models.transformer.loss import liger_available
-    from forgather.ml.train.metrics import device_peak_flops, flops_per_token
+    from forgather.ml.train.flops import device_peak_flops, flops_per_token
 
     torch.manual_seed(0)
     model = hf_model(options) if name == "hf_compiled" else our_model(options)

@@ -6,16 +6,16 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from forgather.ml.train.metrics import (
+from forgather.ml.train.callbacks.speed import SpeedMetricsCallback
+from forgather.ml.train.flops import (
     PEAK_FLOPS,
-    SpeedMetricsCallback,
-    ThroughputMeter,
     device_peak_flops,
     flops_per_token,
     model_matmul_params,
     peak_flops_for_name,
 )
 from forgather.ml.train.state import TrainerControl
+from forgather.ml.train.throughput import ThroughputMeter
 
 from .conftest import make_args, make_state, tiny_llama_config
 

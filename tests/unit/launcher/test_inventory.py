@@ -50,9 +50,19 @@ def test_bracketed_ipv6_host():
 @pytest.mark.parametrize(
     "bad",
     [
-        "a@@b", "host:port", "host:0", "host:70000", "a b", "user@", ":22",
+        "a@@b",
+        "host:port",
+        "host:0",
+        "host:70000",
+        "a b",
+        "user@",
+        ":22",
         # what would reach ssh or a shell as an option or code
-        "-oProxyCommand=x", "alice@-evil", "a;b@host", "$(id)@host", "-p@host",
+        "-oProxyCommand=x",
+        "alice@-evil",
+        "a;b@host",
+        "$(id)@host",
+        "-p@host",
     ],  # fmt: skip
 )
 def test_bad_node_names_the_flag(bad):

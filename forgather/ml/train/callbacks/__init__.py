@@ -10,6 +10,7 @@ from forgather.ml.train.callbacks.control import TrainerControlCallback
 from forgather.ml.train.callbacks.logging import JsonLinesLogger, RunInfoWriter, TensorBoardLogger
 from forgather.ml.train.callbacks.memory import PeakMemoryCallback
 from forgather.ml.train.callbacks.progress import InfoCallback, ProgressCallback
+from forgather.ml.train.callbacks.speed import SpeedMetricsCallback
 from forgather.ml.train.callbacks.textgen import TextSampleCallback
 
 __all__ = [
@@ -25,12 +26,3 @@ __all__ = [
     "TrainerCallback",
     "TrainerControlCallback",
 ]
-
-
-def __getattr__(name: str):
-    # metrics.py imports this package (for TrainerCallback): imported lazily to avoid a cycle.
-    if name == "SpeedMetricsCallback":
-        from forgather.ml.train.metrics import SpeedMetricsCallback
-
-        return SpeedMetricsCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from forgather.ml.train.callbacks.base import TrainerCallback
-from forgather.ml.train.callbacks.progress import _EvalDedupe, is_eval_record, training_summary
+from forgather.ml.train.callbacks.eval_records import EvalDedupe, is_eval_record
+from forgather.ml.train.callbacks.progress import training_summary
 
 JSONL_NAME = "trainer_logs.jsonl"
 
@@ -122,7 +123,7 @@ class JsonLinesLogger(TrainerCallback):
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
         self._file: Any = None
-        self._dedupe = _EvalDedupe()
+        self._dedupe = EvalDedupe()
         self._samples = _SampleTracker()
 
     def _open(self, args: Any) -> None:
@@ -267,7 +268,7 @@ class TensorBoardLogger(TrainerCallback):
         self.flush_every_log = flush_every_log
         self.writer: Any = None
         self._samples = _SampleTracker()
-        self._dedupe = _EvalDedupe()
+        self._dedupe = EvalDedupe()
 
     def _open(self, args: Any) -> Any:
         if self.writer is None:

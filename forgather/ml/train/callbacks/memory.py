@@ -52,7 +52,7 @@ class PeakMemoryCallback(TrainerCallback):
         import torch
 
         if model is not None:
-            from forgather.ml.train.metrics import model_device
+            from forgather.ml.train.throughput import model_device
 
             device = model_device(model)
             if device.type == "cuda":

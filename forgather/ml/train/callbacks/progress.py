@@ -9,17 +9,10 @@ import time
 from typing import Any, TextIO
 
 from forgather.ml.train.callbacks.base import TrainerCallback
+from forgather.ml.train.callbacks.eval_records import EVAL_PREFIXES, EvalDedupe, is_eval_record
+
 
 # Log keys that are not training metrics of a step (never shown as "loss" etc.).
-_EVAL_PREFIXES = ("eval_", "test_", "predict_")
-
-
-def is_eval_record(logs: dict[str, Any]) -> bool:
-    """True for a record of evaluation metrics only (every metric key starts with eval_/test_)."""
-    keys = [k for k in logs if k not in ("epoch", "step", "global_step", "timestamp")]
-    return bool(keys) and all(k.startswith(_EVAL_PREFIXES) for k in keys)
-
-
 def format_duration(seconds: float | None) -> str:
     """75 -> '1m15s', 3725 -> '1h02m', 9.4 -> '9s'."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -39,7 +32,7 @@ def format_duration(seconds: float | None) -> str:
 
 def format_count(value: float) -> str:
     """12345 -> '12.3k'."""
-    from forgather.ml.train.metrics import format_count as fc
+    from forgather.ml.train.throughput import format_count as fc
 
     return fc(value)
 
@@ -83,7 +76,7 @@ def training_summary(args: Any, state: Any, model: Any = None) -> dict[str, Any]
     """What is trained, where and how much: shown by InfoCallback and written to TensorBoard."""
     info: dict[str, Any] = {}
     if model is not None:
-        from forgather.ml.train.metrics import model_device
+        from forgather.ml.train.throughput import model_device
         from forgather.ml.unwrap import model_class_name, unwrap_model
 
         inner = unwrap_model(model)
@@ -132,20 +125,6 @@ def _device_name(device: Any) -> str:
     return str(device)
 
 
-class _EvalDedupe:
-    """Evaluation results may arrive through on_log and on_evaluate; act on them once."""
-
-    def __init__(self) -> None:
-        self.seen: set[tuple[int, tuple[str, ...]]] = set()
-
-    def first_time(self, step: int, metrics: dict[str, Any]) -> bool:
-        key = (step, tuple(sorted(k for k in metrics if k.startswith(_EVAL_PREFIXES))))
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
 class ProgressCallback(TrainerCallback):
     """Training progress on rank 0.
 
@@ -162,7 +141,7 @@ class ProgressCallback(TrainerCallback):
         self.use_rich = use_rich
         self._progress: Any = None
         self._task: Any = None
-        self._dedupe = _EvalDedupe()
+        self._dedupe = EvalDedupe()
         self._start_time: float | None = None
         self._start_step = 0
         self._last_log: tuple[float, int] | None = None  # (time, tokens seen)
@@ -304,7 +283,7 @@ class ProgressCallback(TrainerCallback):
         shown = [
             f"{key.removeprefix('eval_')} {format_value(value)}"
             for key, value in metrics.items()
-            if key.startswith(_EVAL_PREFIXES) and _number(value) is not None
+            if key.startswith(EVAL_PREFIXES) and _number(value) is not None
         ]
         self._print(f"eval step {state.global_step} | " + " | ".join(shown))
 

@@ -129,7 +129,7 @@ class TextSampleCallback(TrainerCallback):
 
     def complete(self, model: Any, tokenizer: Any, prompt: str) -> str:
         """The model's continuation of `prompt` (decoded, special tokens skipped)."""
-        from forgather.ml.train.metrics import model_device
+        from forgather.ml.train.throughput import model_device
         from forgather.ml.unwrap import unwrap_model
 
         model = unwrap_model(model)
@@ -174,7 +174,7 @@ class TextSampleCallback(TrainerCallback):
 
     def generate_samples(self, model: Any, tokenizer: Any, step: int = 0) -> list[dict[str, str]]:
         """One completion per prompt, in eval mode, without touching the global RNG state."""
-        from forgather.ml.train.metrics import model_device
+        from forgather.ml.train.throughput import model_device
         from forgather.ml.unwrap import unwrap_model
 
         inner = unwrap_model(model)

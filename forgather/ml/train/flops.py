@@ -1,4 +1,4 @@
-"""Training speed: tokens/s, FLOPs per token and model FLOPs utilization (MFU).
+"""FLOPs of training a token, and the peak FLOP/s of a device: what MFU is measured against.
 
 `flops_per_token` estimates the training FLOPs (forward + backward) of one token:
 
@@ -21,16 +21,12 @@ See docs/trainers/metrics.md.
 
 from __future__ import annotations
 
-import math
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from forgather.ml.train.callbacks.base import TrainerCallback
 from forgather.ml.unwrap import unwrap_model
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s per device, from the vendors' data sheets.
@@ -255,187 +251,3 @@ def flops_per_token(
     if seq_len and num_layers and attention_width:
         attention = 12 * int(num_layers) * int(attention_width) * int(seq_len)
     return float(6 * n + attention)
-
-
-def model_device(model: Any) -> torch.device:
-    """Where the model's first parameter lives (CPU for a model without parameters)."""
-    try:
-        return next(unwrap_model(model).parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
-
-
-def _synchronize(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(device)
-
-
-# ---- throughput ------------------------------------------------------------------------------
-
-
-class ThroughputMeter:
-    """Tokens/s, samples/s, FLOP/s and MFU over an interval.
-
-    `update()` counts work, `measure()` returns the rates since the last reset (and starts a new
-    interval). On CUDA the device is synchronized before the clock is read, so queued kernels count
-    in the interval that launched them. `peak_flops` is the peak of all devices together (per-device
-    peak x number of devices); without it there is no `mfu`. Time spent outside training (eval,
-    checkpoints) can be taken out with `exclude(seconds)`.
-    """
-
-    def __init__(
-        self,
-        flops_per_token: float | None = None,
-        peak_flops: float | None = None,
-        device: Any = None,
-        clock: Callable[[], float] = time.perf_counter,
-    ):
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
-        self.device = torch.device(device) if device is not None else None
-        self.clock = clock
-        self.reset()
-
-    def reset(self) -> None:
-        _synchronize(self.device)
-        self.start = self.clock()
-        self.tokens = 0
-        self.samples = 0
-        self.steps = 0
-        self.excluded = 0.0
-
-    def update(self, tokens: int = 0, samples: int = 0, steps: int = 0) -> None:
-        self.tokens += int(tokens)
-        self.samples += int(samples)
-        self.steps += int(steps)
-
-    def exclude(self, seconds: float) -> None:
-        self.excluded += max(0.0, float(seconds))
-
-    def measure(self, reset: bool = True) -> dict[str, float]:
-        """The interval's rates: `elapsed` always; the others when their count is positive."""
-        _synchronize(self.device)
-        elapsed = max(self.clock() - self.start - self.excluded, 1e-9)
-        result: dict[str, float] = {"elapsed": elapsed}
-        if self.tokens > 0:
-            result["tokens_per_second"] = self.tokens / elapsed
-            if self.flops_per_token:
-                flops = self.flops_per_token * self.tokens / elapsed
-                result["flops_per_second"] = flops
-                if self.peak_flops:
-                    result["mfu"] = flops / self.peak_flops
-        if self.samples > 0:
-            result["samples_per_second"] = self.samples / elapsed
-        if self.steps > 0:
-            result["steps_per_second"] = self.steps / elapsed
-        if reset:
-            self.reset()
-        return result
-
-
-class SpeedMetricsCallback(TrainerCallback):
-    """Adds `tokens_per_second`, `samples_per_second`, `flops_per_token` and `mfu` to train logs.
-
-    It writes into the `logs` dict passed to `on_log`, so register it BEFORE the callbacks that print
-    or store logs (progress, JSON lines, TensorBoard). Tokens come from `state.num_input_tokens_seen`
-    (all ranks together); when the trainer leaves that at 0 they are estimated as samples x `seq_len`.
-    Samples are `state.effective_batch_size` per step. `mfu` (a fraction, 0..1) is omitted where the
-    device has no known peak (CPU); `peak_flops` (per device) overrides the table. Time between a
-    step's end and the next step's start that was spent evaluating or saving is not counted.
-    """
-
-    produces_log_metrics = True  # a hint for trainers that order callbacks
-
-    def __init__(
-        self,
-        seq_len: int | None = None,
-        flops_per_token: float | None = None,
-        peak_flops: float | None = None,
-    ):
-        self.seq_len = seq_len
-        self.fixed_flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
-        self.model: Any = None
-        self.meter: ThroughputMeter | None = None
-        self._fpt_cache: dict[int | None, float] = {}
-        self._last_step = 0
-        self._last_tokens = 0
-        self._step_end_time: float | None = None
-        self._paused = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.model = kwargs.get("model")
-        device = model_device(self.model) if self.model is not None else None
-        peak = self.peak_flops if self.peak_flops is not None else device_peak_flops(device)
-        total_peak = peak * max(1, state.world_size) if peak else None
-        self.meter = ThroughputMeter(None, total_peak, device)
-        self._last_step = state.global_step
-        self._last_tokens = state.num_input_tokens_seen
-
-    def _flops_per_token(self, seq_len: int | None) -> float | None:
-        if self.fixed_flops_per_token is not None:
-            return float(self.fixed_flops_per_token)
-        if self.model is None:
-            return None
-        if seq_len not in self._fpt_cache:
-            try:
-                self._fpt_cache[seq_len] = flops_per_token(self.model, seq_len)
-            except Exception:
-                return None
-        return self._fpt_cache[seq_len]
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self._paused and self.meter is not None and self._step_end_time is not None:
-            self.meter.exclude(self.meter.clock() - self._step_end_time)
-        self._paused = False
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.meter is not None:
-            self._step_end_time = self.meter.clock()
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        self._paused = True
-
-    def on_save(self, args, state, control, **kwargs):
-        self._paused = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.meter is None:
-            self.on_train_begin(args, state, control, **kwargs)
-            return
-        steps = state.global_step - self._last_step
-        if logs is None or steps <= 0 or "train_runtime" in logs or _is_eval_record(logs):
-            return  # an eval record, the end-of-training summary, or nothing trained since
-        tokens = state.num_input_tokens_seen - self._last_tokens
-        samples = steps * max(0, state.effective_batch_size)
-        if tokens <= 0 and self.seq_len and samples:
-            tokens = samples * self.seq_len
-        seq_len = self.seq_len or (round(tokens / samples) if tokens > 0 and samples else None)
-        fpt = self._flops_per_token(seq_len)
-        self.meter.flops_per_token = fpt
-        self.meter.update(tokens=max(tokens, 0), samples=samples, steps=steps)
-        rates = self.meter.measure()
-        self._last_step = state.global_step
-        self._last_tokens = state.num_input_tokens_seen
-        if not state.is_world_process_zero:
-            return
-        for key in ("tokens_per_second", "samples_per_second", "mfu"):
-            if key in rates:
-                logs[key] = rates[key]
-        if fpt is not None:
-            logs["flops_per_token"] = fpt
-
-
-def _is_eval_record(logs: dict[str, Any]) -> bool:
-    return any(str(key).startswith("eval_") for key in logs)
-
-
-def format_count(value: float) -> str:
-    """12345 -> '12.3k', 1.5e9 -> '1.50G'."""
-    if value is None or not math.isfinite(value):
-        return str(value)
-    for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= limit:
-            scaled = value / limit
-            return f"{scaled:.3g}{suffix}" if scaled < 100 else f"{scaled:.0f}{suffix}"
-    return f"{value:.3g}" if value != int(value) else str(int(value))
