@@ -228,6 +228,13 @@ class TrainingArguments:
     "auto" (on CUDA: liger when installed, else torch; off on CPU) or "off" (the loss from the
     logits). Other models and a custom `compute_loss_func` use the logits ("auto" falls back)."""
 
+    optimizer_in_backward: bool = False
+    """Step each parameter's optimizer in the backward pass, as soon as its gradient is complete,
+    and free that gradient at once: the whole model's gradients never exist together (less peak
+    memory; the same updates). One process only, `gradient_accumulation_steps: 1`,
+    `max_grad_norm: null` (no global clipping: no parameter waits for the others; the norm is
+    still logged) and no fp16; each is one clear error."""
+
     torch_compile: bool = False
     """Compile the model with `torch.compile`."""
 

@@ -445,6 +445,8 @@ class Trainer:
         self.model = self.strategy.prepare(self.model)
         self.state.parallelism = self.strategy.describe()
         self.optimizer = self._create_optimizer()
+        if args.optimizer_in_backward:
+            self.optimizer = self._optimizer_in_backward(self.optimizer)
         self.lr_scheduler = self._create_scheduler(max_steps)
         if args.fp16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
@@ -493,6 +495,25 @@ class Trainer:
         if _first_parameter_name(self.optimizer_factory) == "named_parameters":
             return self.optimizer_factory(named)
         return self.optimizer_factory([p for _, p in named])
+
+    def _optimizer_in_backward(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """`optimizer` split per parameter and stepped in the backward pass, where that can be."""
+        from forgather.ml.optim.in_backward import OptimizerInBackward
+
+        args = self.args
+        refusals = [
+            (self.env.world_size > 1, f"runs in one process, not {self.env.world_size} (its "
+             "hooks would step before the gradients are averaged across ranks)"),
+            (args.gradient_accumulation_steps != 1, "needs gradient_accumulation_steps: 1, not "
+             f"{args.gradient_accumulation_steps} (each gradient is used as soon as it exists)"),
+            (args.max_grad_norm is not None, "cannot clip by the global gradient norm (no "
+             "parameter waits for the others): set max_grad_norm: null (the norm is still logged)"),
+            (args.fp16, "does not work with fp16's gradient scaler: use bf16"),
+        ]  # fmt: skip
+        for refused, why in refusals:
+            if refused:
+                raise ValueError(f"optimizer_in_backward {why}")
+        return OptimizerInBackward(optimizer)
 
     def _create_scheduler(self, max_steps: int) -> Any:
         args = self.args
@@ -790,6 +811,9 @@ class Trainer:
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip to `max_grad_norm` (or only measure when None); returns the norm before clipping."""
+        take_norm = getattr(self.optimizer, "take_grad_norm", None)
+        if take_norm is not None:  # stepped in the backward pass: the hooks measured the norm
+            return take_norm().to(self.device)
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         return self.strategy.clip_gradients(self.model, self.args.max_grad_norm)

@@ -561,3 +561,67 @@ def test_a_full_disk_stops_before_the_checkpoint_and_the_previous_one_resumes(tm
         assert [c.name for c in list_checkpoints(disk / "out")] == ["checkpoint-3", "checkpoint-6"]
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def _in_backward_trainer(tmp_path, name, **overrides):
+    fields = dict(
+        output_dir=str(tmp_path / name),
+        max_steps=6,
+        logging_steps=1,
+        save_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        max_grad_norm=None,
+        device="cpu",
+    )
+    recorder = Recorder()
+    trainer = Trainer(
+        args=TrainingArguments(**{**fields, **overrides}),
+        model_init=tiny_llama,  # built after the trainer seeds: the same weights every time
+        train_dataset=ProgressionDataset(64),
+        callbacks=[recorder],
+    )
+    return trainer, recorder
+
+
+def test_the_optimizer_step_in_backward_trains_like_the_normal_step_and_resumes(tmp_path):
+    """`optimizer_in_backward`: every parameter is updated in the backward pass and its gradient
+    freed there; the losses, logged gradient norms and final weights equal the normal optimizer
+    step's, and a run resumed from its checkpoint continues exactly."""
+    normal, normal_log = _in_backward_trainer(tmp_path, "normal")
+    normal.train()
+    fused, fused_log = _in_backward_trainer(tmp_path, "fused", optimizer_in_backward=True)
+    fused.train()
+    assert all(p.grad is None for p in fused.model.parameters())  # freed in the backward pass
+    for a, b in zip(normal_log.logs, fused_log.logs, strict=True):
+        for key in ("loss", "grad_norm", "learning_rate"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-6), (a["step"], key)
+    for name, tensor in normal.model.state_dict().items():
+        torch.testing.assert_close(fused.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+    resumed, resumed_log = _in_backward_trainer(
+        tmp_path, "fused", optimizer_in_backward=True, resume_from_checkpoint=str(
+            tmp_path / "fused" / "checkpoints" / "checkpoint-3"
+        ), overwrite_output_dir=True,
+    )  # fmt: skip
+    resumed.train()
+    assert resumed_log.step_losses() == {
+        s: v for s, v in fused_log.step_losses().items() if s > 3
+    }
+    for name, tensor in fused.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"gradient_accumulation_steps": 2}, "needs gradient_accumulation_steps: 1, not 2"),
+        ({"max_grad_norm": 1.0}, "cannot clip by the global gradient norm"),
+    ],
+)
+def test_the_optimizer_step_in_backward_refuses_what_it_cannot_do(tmp_path, overrides, message):
+    trainer, _ = _in_backward_trainer(tmp_path, "x", optimizer_in_backward=True, **overrides)
+    with pytest.raises(ValueError, match=f"optimizer_in_backward {message}"):
+        trainer.train()
+    assert not (tmp_path / "x" / "checkpoints").exists()
