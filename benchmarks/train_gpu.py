@@ -15,7 +15,8 @@ between rows):
                    (`fused_loss: off`, the trainer before the fused loss);
 * `trainer_fused`  the same with the fused linear cross-entropy (`fused_loss: auto`: Liger's kernel
                    when `liger-kernel` is installed, else the chunked PyTorch loop);
-* `trainer_fused_torch` the same with `fused_loss: torch` (only when Liger is installed).
+* `trainer_fused_torch` the same with `fused_loss: torch` (only when Liger is installed);
+* `trainer_fused_obw` `trainer_fused` plus `optimizer_in_backward` (no clipping: `max_grad_norm: null`).
 
 Printed per row: tokens/s over the timed steps (after `--warmup` steps: compilation), MFU (the
 trainer's own `flops_per_token` and `device_peak_flops`), peak allocated memory; then each row's
@@ -51,7 +52,14 @@ SHAPES = {
         num_key_value_heads=8,
     ),  # fmt: skip
 }
-ROWS = ("hf_compiled", "ours_compiled", "trainer_logits", "trainer_fused", "trainer_fused_torch")
+ROWS = (
+    "hf_compiled",
+    "ours_compiled",
+    "trainer_logits",
+    "trainer_fused",
+    "trainer_fused_torch",
+    "trainer_fused_obw",
+)
 
 
 def hf_model(options):
@@ -122,7 +130,9 @@ def plain_loop(model, options, device) -> tuple[float, float]:
     return time.perf_counter() - started, float(loss)
 
 
-def trainer_run(model, options, device, fused_loss: str) -> tuple[float, float]:
+def trainer_run(
+    model, options, device, fused_loss: str, in_backward: bool = False
+) -> tuple[float, float]:
     from forgather.ml.train.args import TrainingArguments
     from forgather.ml.train.trainer import Trainer
 
@@ -155,7 +165,8 @@ def trainer_run(model, options, device, fused_loss: str) -> tuple[float, float]:
             learning_rate=1e-4,
             lr_scheduler_type="constant",
             warmup_steps=0,
-            max_grad_norm=1.0,
+            max_grad_norm=None if in_backward else 1.0,
+            optimizer_in_backward=in_backward,
             bf16=True,
             torch_compile=True,
             fused_loss=fused_loss,
@@ -193,8 +204,14 @@ def run_row(name: str, options, device) -> dict:
     if name in ("hf_compiled", "ours_compiled"):
         seconds, loss = plain_loop(model, options, device)
     else:
-        fused = {"trainer_logits": "off", "trainer_fused": "auto", "trainer_fused_torch": "torch"}
-        seconds, loss = trainer_run(model, options, device, fused[name])
+        fused = {
+            "trainer_logits": "off",
+            "trainer_fused": "auto",
+            "trainer_fused_torch": "torch",
+            "trainer_fused_obw": "auto",
+        }
+        in_backward = name == "trainer_fused_obw"
+        seconds, loss = trainer_run(model, options, device, fused[name], in_backward)
     tokens = options.steps * options.batch_size * options.seq_len
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     peak_flops = device_peak_flops(device)
