@@ -2,6 +2,7 @@
 
     python benchmarks/train_gpu.py                                   # 110M Llama shape, seq 2048, batch 16
     python benchmarks/train_gpu.py --rows hf_compiled,trainer_fused --steps 20
+    python benchmarks/train_gpu.py --shape 1b --batch-size 8 --ablation   # the memory ablation
     python benchmarks/train_gpu.py --device cpu --shape tiny --seq-len 64 --batch-size 2   # a smoke test
 
 Rows, run one after another in this process on the same shape, batch, sequence length and dtype
@@ -18,6 +19,10 @@ between rows):
 * `trainer_fused_torch` the same with `fused_loss: torch` (only when Liger is installed);
 * `trainer_fused_obw` `trainer_fused` plus `optimizer_in_backward` (no clipping: `max_grad_norm: null`).
 
+`--ablation` runs the trainer from fp32 weights and compute in eager mode (`abl_fp32_eager`), then adds
+bf16 autocast, activation checkpointing, the fused loss, `torch.compile` and the optimizer step in
+the backward pass one at a time (`abl_*`), each row's ratios taken against the first.
+
 Printed per row: tokens/s over the timed steps (after `--warmup` steps: compilation), MFU (the
 trainer's own `flops_per_token` and `device_peak_flops`), peak allocated memory; then each row's
 ratio to `hf_compiled` and to `ours_compiled`. `--json FILE` keeps the numbers (default
@@ -27,6 +32,7 @@ benchmarks/results/train_gpu-<date>.json on CUDA).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -52,14 +58,29 @@ SHAPES = {
         num_key_value_heads=8,
     ),  # fmt: skip
 }
-ROWS = (
-    "hf_compiled",
-    "ours_compiled",
-    "trainer_logits",
-    "trainer_fused",
-    "trainer_fused_torch",
-    "trainer_fused_obw",
-)
+# The trainer rows: training arguments on top of the base (constant LR, clipping at 1.0).
+FAST = dict(bf16=True, torch_compile=True)
+TRAINER_ROWS: dict[str, dict] = {
+    "trainer_logits": {**FAST, "fused_loss": "off"},
+    "trainer_fused": {**FAST, "fused_loss": "auto"},
+    "trainer_fused_torch": {**FAST, "fused_loss": "torch"},
+    "trainer_fused_obw": {
+        **FAST, "fused_loss": "auto", "optimizer_in_backward": True, "max_grad_norm": None
+    },
+    # --ablation: the memory switches added one at a time, from fp32 weights and compute, eager
+    "abl_fp32_eager": {"bf16": False, "fused_loss": "off"},
+    "abl_bf16": {"bf16": True, "fused_loss": "off"},
+    "abl_checkpointing": {"bf16": True, "fused_loss": "off", "gradient_checkpointing": True},
+    "abl_fused_loss": {"bf16": True, "fused_loss": "auto", "gradient_checkpointing": True},
+    "abl_compile": {**FAST, "fused_loss": "auto", "gradient_checkpointing": True},
+    "abl_in_backward": {
+        **FAST, "fused_loss": "auto", "gradient_checkpointing": True,
+        "optimizer_in_backward": True, "max_grad_norm": None,
+    },
+}  # fmt: skip
+ROWS = ("hf_compiled", "ours_compiled", *TRAINER_ROWS)
+DEFAULT_ROWS = ROWS[:6]
+ABLATION_ROWS = tuple(r for r in ROWS if r.startswith("abl_"))
 
 
 def hf_model(options):
@@ -130,9 +151,7 @@ def plain_loop(model, options, device) -> tuple[float, float]:
     return time.perf_counter() - started, float(loss)
 
 
-def trainer_run(
-    model, options, device, fused_loss: str, in_backward: bool = False
-) -> tuple[float, float]:
+def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:
     from forgather.ml.train.args import TrainingArguments
     from forgather.ml.train.trainer import Trainer
 
@@ -165,15 +184,12 @@ def trainer_run(
             learning_rate=1e-4,
             lr_scheduler_type="constant",
             warmup_steps=0,
-            max_grad_norm=None if in_backward else 1.0,
-            optimizer_in_backward=in_backward,
-            bf16=True,
-            torch_compile=True,
-            fused_loss=fused_loss,
+            max_grad_norm=1.0,
             logging_steps=options.warmup + options.steps,
             save_strategy="no",
             dataloader_pin_memory=device.type == "cuda",
         )
+        args = dataclasses.replace(args, **settings)
         trainer = Trainer(
             args=args,
             model=model,
@@ -204,14 +220,7 @@ def run_row(name: str, options, device) -> dict:
     if name in ("hf_compiled", "ours_compiled"):
         seconds, loss = plain_loop(model, options, device)
     else:
-        fused = {
-            "trainer_logits": "off",
-            "trainer_fused": "auto",
-            "trainer_fused_torch": "torch",
-            "trainer_fused_obw": "auto",
-        }
-        in_backward = name == "trainer_fused_obw"
-        seconds, loss = trainer_run(model, options, device, fused[name], in_backward)
+        seconds, loss = trainer_run(model, options, device, TRAINER_ROWS[name])
     tokens = options.steps * options.batch_size * options.seq_len
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     peak_flops = device_peak_flops(device)
@@ -223,7 +232,7 @@ def run_row(name: str, options, device) -> dict:
         "loss": loss,
         "parameters": parameters,
     }
-    if name == "trainer_fused":
+    if TRAINER_ROWS.get(name, {}).get("fused_loss") == "auto":
         row["fused_backend"] = (
             ("liger" if liger_available() else "torch") if device.type == "cuda" else "off on CPU"
         )
@@ -248,14 +257,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
+    parser.add_argument(
+        "--ablation", action="store_true", help="the memory ablation rows (abl_*) instead"
+    )
     parser.add_argument("--json", type=Path, default=None)
     options = parser.parse_args()
     device = torch.device(options.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     from forgather.ml.models.transformer.loss import liger_available
 
-    rows = [r for r in options.rows.split(",") if r]
+    rows = list(ABLATION_ROWS) if options.ablation else [r for r in options.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown {unknown}; known: {', '.join(ROWS)}")
@@ -284,7 +296,7 @@ def main() -> None:
     print("\nratios (tokens/s, peak memory):")
     for result in results:
         cells = []
-        for ref in ("hf_compiled", "ours_compiled"):
+        for ref in ("hf_compiled", "ours_compiled", "abl_fp32_eager"):
             if ref in base and ref != result["row"]:
                 speed = result["tokens_per_s"] / base[ref]["tokens_per_s"]
                 memory = (
