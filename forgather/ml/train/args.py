@@ -248,6 +248,11 @@ class TrainingArguments:
     """Recompute activations in the backward pass (the model must support
     `gradient_checkpointing_enable()`)."""
 
+    gradient_checkpointing_every: int = 1
+    """With `gradient_checkpointing`: recompute only every k-th transformer layer (layers 0, k, 2k,
+    ...), keeping the others' activations — between no checkpointing (fast, most memory) and every
+    layer (1, the least memory). Forgather causal LMs only."""
+
     # --- devices and distribution ---
     device: str | None = None
     """Device to train on; None means `cuda:<LOCAL_RANK>` when CUDA is available, else "cpu"."""
@@ -415,6 +420,9 @@ class TrainingArguments:
         )
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
         require(self.ddp_timeout > 0, "ddp_timeout", "must be > 0")
+        require(
+            self.gradient_checkpointing_every >= 1, "gradient_checkpointing_every", "must be >= 1"
+        )
         require(self.fused_loss in FUSED_LOSSES, "fused_loss", f"must be one of {FUSED_LOSSES}")
         require(self.parallelism in PARALLELISMS, "parallelism", f"must be one of {PARALLELISMS}")
         require(

@@ -439,7 +439,7 @@ class Trainer:
         )
 
         if args.gradient_checkpointing:
-            _enable_gradient_checkpointing(self.model)
+            _enable_gradient_checkpointing(self.model, args.gradient_checkpointing_every)
         # A sharding strategy shards the parameters first: the optimizer holds the shards.
         self.strategy.example_batch = self._example_batch
         self.model = self.strategy.prepare(self.model)
@@ -880,8 +880,17 @@ def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
     return torch.tensor(batch["input_ids"].numel())
 
 
-def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Turn on activation recomputation (transformers >= 5 name first, then the older one)."""
+def _enable_gradient_checkpointing(model: torch.nn.Module, every: int = 1) -> None:
+    """Turn on activation recomputation (transformers >= 5 name first, then the older one), of
+    every `every`-th layer (forgather models)."""
+    if every > 1:
+        inner = getattr(model, "model", None)
+        if not hasattr(inner, "gradient_checkpointing_every"):
+            raise ValueError(
+                f"gradient_checkpointing_every={every}: {type(model).__name__} recomputes every "
+                "layer or none (forgather causal LMs can skip layers); use 1"
+            )
+        inner.gradient_checkpointing_every = every
     options = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)

@@ -234,3 +234,18 @@ def test_config_json_round_trip(tmp_path):
     ):
         assert getattr(loaded, key) == getattr(cfg, key), key
     assert loaded.rope_scaling["original_max_position_embeddings"] == 64
+
+
+def test_checkpointing_every_kth_layer_recomputes_only_those_with_identical_gradients():
+    ids = torch.randint(3, VOCAB, (2, 10))
+    plain = tiny_model(num_hidden_layers=4)
+    every_second = tiny_model(num_hidden_layers=4, activation_checkpointing=True)
+    every_second.model.gradient_checkpointing_every = 2
+    calls = [0] * 4
+    for index, layer in enumerate(every_second.model.layers):
+        layer.register_forward_pre_hook(lambda *_, i=index: calls.__setitem__(i, calls[i] + 1))
+    reference = _grads(plain, ids)
+    got = _grads(every_second, ids)
+    assert calls == [2, 1, 2, 1]  # layers 0 and 2 ran again in the backward pass
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -606,9 +606,7 @@ def test_the_optimizer_step_in_backward_trains_like_the_normal_step_and_resumes(
         ), overwrite_output_dir=True,
     )  # fmt: skip
     resumed.train()
-    assert resumed_log.step_losses() == {
-        s: v for s, v in fused_log.step_losses().items() if s > 3
-    }
+    assert resumed_log.step_losses() == {s: v for s, v in fused_log.step_losses().items() if s > 3}
     for name, tensor in fused.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
 
@@ -625,3 +623,21 @@ def test_the_optimizer_step_in_backward_refuses_what_it_cannot_do(tmp_path, over
     with pytest.raises(ValueError, match=f"optimizer_in_backward {message}"):
         trainer.train()
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_checkpointing_every_kth_layer_is_for_forgather_models(tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        gradient_checkpointing=True,
+        gradient_checkpointing_every=2,
+        max_steps=1,
+        device="cpu",
+        save_strategy="no",
+    )
+    with pytest.raises(ValueError, match="gradient_checkpointing_every=2: LlamaForCausalLM"):
+        Trainer(args=args, model=tiny_llama(), train_dataset=ProgressionDataset(8)).train()
+    from tests.unit.train._tiny import tiny_forgather
+
+    trainer = Trainer(args=args, model=tiny_forgather(), train_dataset=ProgressionDataset(8))
+    trainer.train()
+    assert trainer.model.model.gradient_checkpointing_every == 2

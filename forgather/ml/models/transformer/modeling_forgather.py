@@ -117,6 +117,8 @@ class ForgatherModel(ForgatherPreTrainedModel):
         )
         self.gradient_checkpointing = bool(config.activation_checkpointing)
         self._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+        # with activation checkpointing on: recompute every k-th layer only (1: every layer)
+        self.gradient_checkpointing_every = 1
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -195,10 +197,10 @@ class ForgatherModel(ForgatherPreTrainedModel):
 
         all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden += (hidden,)
-            if checkpointing:
+            if checkpointing and index % self.gradient_checkpointing_every == 0:
                 hidden, weights = self._gradient_checkpointing_func(
                     layer.__call__, hidden, rotary, mask, None, output_attentions
                 )

@@ -91,10 +91,12 @@ class StageModule(nn.Module):
         self.absolute_positions = inner.absolute_positions if first else None
         self.dropout = inner.dropout
         self.layers = nn.ModuleList(inner.layers[str(i)] for i in layers)
+        self.layer_ids = list(layers)
         self.norm = inner.norm if last else None
         self.lm_head = lm.lm_head if last else None
         self.rotary = inner.rotary
         self._checkpointing = inner.gradient_checkpointing
+        self._checkpoint_every = getattr(inner, "gradient_checkpointing_every", 1)
 
     def forward(
         self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -116,8 +118,8 @@ class StageModule(nn.Module):
         mask = build_attention_mask((batch, length), 0, x.device, attention_mask, position_ids)
         rotary = self.rotary(position_ids) if self.rotary is not None else None
         recompute = self._checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            if recompute:
+        for layer_id, layer in zip(self.layer_ids, self.layers, strict=True):
+            if recompute and layer_id % self._checkpoint_every == 0:
                 hidden, _ = checkpoint(
                     layer.__call__, hidden, rotary, mask, None, False, use_reentrant=False
                 )
