@@ -137,3 +137,22 @@ def test_fsdp_variants_match_one_process(runs, name, overrides, nproc):
         for key in ("loss", "grad_norm", "eval_loss"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (name, a["step"], key)
+
+
+def test_the_fused_loss_under_fsdp_matches_the_loss_from_logits(tmp_path):
+    """A forgather model computes its fused loss inside FSDP's forward, where the head's weight is
+    whole: the same losses, gradient norms and evaluation losses as the loss from the logits."""
+    records = {}
+    for fused in ("off", "torch"):
+        run(
+            {**FSDP, "fused_loss": fused, "output_dir": str(tmp_path / fused)},
+            tmp_path / f"{fused}.jsonl",
+            nproc=2,
+            model="forgather",
+        )
+        records[fused] = read_records(tmp_path / f"{fused}.jsonl")
+    assert len([r for r in records["torch"] if "loss" in r]) >= 10
+    for a, b in zip(records["off"], records["torch"], strict=True):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
