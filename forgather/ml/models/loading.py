@@ -168,7 +168,7 @@ def load_causal_lm(
     model_dir, checkpoint = find_model_dir(path)
     device = resolve_device(device)
     config_class, model_class, trust = _model_loaders(model_dir, trust_remote_code)
-    code = {"trust_remote_code": True} if trust else {}
+    code = {"trust_remote_code": trust}  # explicit either way: transformers never asks on stdin
     try:
         config = config_class.from_pretrained(model_dir, **code)
         torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
@@ -183,7 +183,8 @@ def load_causal_lm(
                 from transformers import GenerationConfig
 
                 model.generation_config = GenerationConfig.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **code)
+        # given the config, AutoTokenizer does not read (and ask about) the directory's own
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, **code)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
     if checkpoint is not None:

@@ -56,7 +56,16 @@ def planted_dir(root: Path, marker: Path) -> Path:
     return directory
 
 
-def test_a_forgather_model_loads_with_forgathers_classes_not_the_copied_source(tmp_path):
+def test_a_forgather_model_loads_with_forgathers_classes_not_the_copied_source(
+    tmp_path, monkeypatch
+):
+    asked: list[str] = []
+
+    def no_prompt(question=""):  # transformers asks on stdin when it is not told
+        asked.append(question)
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", no_prompt)
     marker = tmp_path / "ran"
     model = tiny_model()
     directory = tmp_path / "model"
@@ -65,8 +74,9 @@ def test_a_forgather_model_loads_with_forgathers_classes_not_the_copied_source(t
     assert source.is_file()  # the copy for machines without forgather
     source.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + source.read_text())
     os.chmod(directory, 0o777)  # even writable by all: none of its code runs
-    loaded, _, _ = load_causal_lm(directory)
-    assert not marker.exists()
+    loaded, tokenizer, _ = load_causal_lm(directory)
+    assert not marker.exists() and asked == []  # nothing ran, nobody was asked
+    assert tokenizer("the cat")["input_ids"]
     assert type(loaded).__module__ == "forgather.ml.models.transformer.modeling_forgather"
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
