@@ -138,7 +138,9 @@ class CheckpointManager:
     `env` is the `DistributedEnvironment` (None: single process). Every rank writes its shards of
     the weights and optimizer state (DCP) and its RNG file; rank 0 the small shared files and the
     manifest, with barriers between the phases. `metadata` may set `config_digest`,
-    `hyperparameters`, `git_sha` and `image_digest` of the manifest.
+    `hyperparameters`, `git_sha` and `image_digest` of the manifest; a checkpoint trained with
+    other `hyperparameters` than this run's is refused at load unless
+    `allow_changed_hyperparameters` (then rank 0 says which changed).
 
     On nodes without a shared filesystem (found at the first save or load, `checkpoint_storage`) each
     node's directory gets the shared files and the manifest, and the lowest rank of each node renames,
@@ -158,6 +160,7 @@ class CheckpointManager:
         greater_is_better: bool = False,
         metadata: dict[str, Any] | None = None,
         save_on_each_node: bool = False,
+        allow_changed_hyperparameters: bool = False,
     ):
         self.output_dir = Path(output_dir)
         self.dir = checkpoints_dir(output_dir)
@@ -169,6 +172,7 @@ class CheckpointManager:
         self.metric_for_best_model = metric_for_best_model
         self.greater_is_better = greater_is_better
         self.metadata = dict(metadata or {})
+        self.allow_changed_hyperparameters = allow_changed_hyperparameters
         self.save_on_each_node = save_on_each_node or os.environ.get(SAVE_ON_EACH_NODE_ENV) == "1"
         self._storage: StorageGroups | None = None
         self._lock = RunLock(self.output_dir)
@@ -481,12 +485,37 @@ class CheckpointManager:
                 f"({manifest.get('model_class')}, digest {str(manifest.get('model_digest'))[:12]}) "
                 f"than this run's ({model_class_name(model)}, digest {digest[:12]})"
             )
+        self._check_hyperparameters(path, manifest)
         files = manifest.get("files") or {}
         for name in REQUIRED_FILES:
             if name not in files:
                 raise CheckpointError(f"{path}: the manifest lists no {name}")
         check_files(path, manifest, verify_hashes)
         return manifest
+
+    def _check_hyperparameters(self, path: Path, manifest: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained with other `hyperparameters` than this run's metadata says
+        (older checkpoints record none), unless `allow_changed_hyperparameters`: then say so."""
+        recorded = manifest.get("hyperparameters") or {}
+        current = self.metadata.get("hyperparameters") or {}
+        normal = lambda value: json.loads(json.dumps(value))  # noqa: E731 (tuples as lists)
+        changed = [
+            f"{name} {recorded[name]!r} -> {value!r}"
+            for name, value in current.items()
+            if name in recorded and normal(recorded[name]) != normal(value)
+        ]
+        if not changed:
+            return
+        if not self.allow_changed_hyperparameters:
+            raise CheckpointError(
+                f"{path} was trained with other hyper-parameters: {', '.join(changed)}; restore "
+                "them, or resume with the new ones: trainer_args.allow_changed_hyperparameters=true"
+            )
+        if self.rank == 0:
+            sys.stderr.write(
+                f"forgather: resuming {path.name} with changed hyper-parameters: "
+                f"{', '.join(changed)}\n"
+            )
 
     def load(
         self,

@@ -472,6 +472,7 @@ class Trainer:
                 "hyperparameters": {name: getattr(args, name) for name in HYPERPARAMETERS},
             },
             save_on_each_node=args.save_on_each_node,
+            allow_changed_hyperparameters=args.allow_changed_hyperparameters,
         )
         zero = torch.zeros((), device=self.device)
         self._loss_sum, self._run_loss_sum = zero.clone(), zero.clone()
@@ -532,7 +533,6 @@ class Trainer:
             spec = True if self.checkpoints.latest_on_any_node() is not None else None
         if spec:
             path = self.checkpoints.resolve(spec)
-            self._check_hyperparameters(path)
             loaded = self.checkpoints.load(
                 path,
                 model=self.model,
@@ -569,33 +569,6 @@ class Trainer:
         self.checkpoints.clean_temp_dirs()
         env.barrier()
         return rng_state
-
-    def _check_hyperparameters(self, path: Path) -> None:
-        """Stop (before loading anything) when this run's optimisation hyper-parameters differ from
-        the ones `path` was trained with, unless `allow_changed_hyperparameters`; then say so."""
-        import json
-
-        from forgather.ml.train.checkpoint import read_manifest
-
-        recorded = read_manifest(path).get("hyperparameters") or {}  # older checkpoints: none
-        normal = lambda value: json.loads(json.dumps(value))  # noqa: E731 (tuples as lists)
-        changed = [
-            f"{name} {recorded[name]!r} -> {getattr(self.args, name)!r}"
-            for name in HYPERPARAMETERS
-            if name in recorded and normal(recorded[name]) != normal(getattr(self.args, name))
-        ]
-        if not changed:
-            return
-        if not self.args.allow_changed_hyperparameters:
-            raise CheckpointError(
-                f"{path} was trained with other hyper-parameters: {', '.join(changed)}; restore "
-                "them, or resume with the new ones: trainer_args.allow_changed_hyperparameters=true"
-            )
-        if self.env.is_main_process:
-            sys.stderr.write(
-                f"forgather: resuming {path.name} with changed hyper-parameters: "
-                f"{', '.join(changed)}\n"
-            )
 
     def _keep_global_batch(self, data_state: dict[str, Any]) -> None:
         """Raise (or lower) gradient accumulation so the checkpoint's global batch stays."""
