@@ -64,17 +64,14 @@ def peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def local_bytes(tensor) -> int:
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    return local.numel() * local.element_size()
-
-
 def model_state_bytes(model, optimizer) -> int:
     """This rank's bytes of parameters, gradients (as many as parameters during a step) and
     optimizer state: what DDP replicates and FSDP shards (DiLoCo adds its outer state)."""
-    parameters = sum(local_bytes(p) for p in model.parameters())
+    from forgather.ml.unwrap import local_nbytes
+
+    parameters = sum(local_nbytes(p) for p in model.parameters())
     states = sum(
-        local_bytes(value)
+        local_nbytes(value)
         for state in optimizer.state.values()
         for value in state.values()
         if hasattr(value, "numel") and value.dim() > 0

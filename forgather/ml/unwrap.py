@@ -1,4 +1,5 @@
-"""The plain model under training wrappers, and its class name (one owner for both)."""
+"""The plain model under training wrappers and its class name, and a sharded tensor's own part
+(one owner for each)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def split_across_ranks(model: Any) -> str | None:
     except ImportError:
         return None
     return "fsdp" if isinstance(model, FSDPModule) else None
+
+
+def local_tensor(tensor: Any) -> Any:
+    """This rank's part of a tensor: an FSDP shard's (DTensor's) local tensor, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def local_nbytes(tensor: Any) -> int:
+    """Bytes of this rank's part of a tensor (see `local_tensor`)."""
+    local = local_tensor(tensor)
+    return local.numel() * local.element_size()

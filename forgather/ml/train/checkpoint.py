@@ -62,7 +62,7 @@ from forgather.ml.train.checkpoint_format import (
 )
 from forgather.ml.train.checkpoint_storage import StorageGroups, detect_storage, sync_files
 from forgather.ml.train.run_lock import OutputDirInUse, RunLock
-from forgather.ml.unwrap import model_class_name, unwrap_model
+from forgather.ml.unwrap import local_nbytes, model_class_name, unwrap_model
 
 # Test hook: with FORGATHER_TEST_CHECKPOINT_STALL=<step>, the write of checkpoint <step> stops (sleeps)
 # after the model weights, so a test can kill the process in the middle of a checkpoint write.
@@ -279,7 +279,7 @@ class CheckpointManager:
         tensors = [*model.state_dict().values()]
         for state in optimizer.state.values():
             tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
-        local = sum(_local_tensor(t).numel() * t.element_size() for t in tensors)
+        local = sum(local_nbytes(t) for t in tensors)
         need = int(sum(self._all_gather(local)) * 1.05)
         free = None
         if self.storage.is_leader:
@@ -710,11 +710,6 @@ def _save_loading_files(model: torch.nn.Module, directory: Path, tokenizer: Any)
     for file in directory.rglob("*"):
         if file.is_file():
             _fsync(file)
-
-
-def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's (FSDP shard's) local part, else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _gib(size: int) -> str:

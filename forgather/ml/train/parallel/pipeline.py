@@ -37,6 +37,7 @@ from torch import nn
 from forgather.errors import ForgatherError
 from forgather.ml.models.transformer.norms import RMSNorm
 from forgather.ml.train.parallel.base import Strategy
+from forgather.ml.unwrap import local_tensor
 
 # name: (torch class, stage layout): "single" one stage per rank; "loop" stage r, r+W, r+2W, ...;
 # "v" stages r and 2W-1-r (a V: the first and last stage on rank 0).
@@ -145,11 +146,6 @@ def _as_embedding(weight: nn.Parameter) -> nn.Embedding:
     nn.Module.__init__(module)
     module.weight = weight
     return module
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The rank's own part of a tensor: an FSDP shard's local tensor, else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _is_forgather_lm(model: nn.Module) -> bool:
@@ -501,7 +497,7 @@ class PipelineStrategy(Strategy):
         with autocast():
             loss = self._run(batch, len(micro_batches), train=True)
         if self._tie_group is not None and self._tied.grad is not None:
-            dist.all_reduce(_local(self._tied.grad), group=self._tie_group)
+            dist.all_reduce(local_tensor(self._tied.grad), group=self._tie_group)
         return loss
 
     def eval_loss(self, batch: dict[str, Any], loss_fn: Any, autocast: Any) -> torch.Tensor:
@@ -566,7 +562,7 @@ class PipelineStrategy(Strategy):
         ]
         # every rank's gradients (and FSDP shards) are distinct: their squares add up to the norm
         local = (
-            torch.stack([_local(g).detach().float().pow(2).sum() for g in grads]).sum()
+            torch.stack([local_tensor(g).detach().float().pow(2).sum() for g in grads]).sum()
             if grads
             else torch.zeros((), device=self.device)
         )
@@ -575,7 +571,7 @@ class PipelineStrategy(Strategy):
             coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for p in model.parameters():
                 if p.grad is not None:
-                    _local(p.grad).detach().mul_(coefficient.to(p.grad.device))
+                    local_tensor(p.grad).detach().mul_(coefficient.to(p.grad.device))
         return norm
 
     def model_digest(self, model: nn.Module) -> str:
