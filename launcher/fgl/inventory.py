@@ -142,6 +142,14 @@ def parse_memlock(value: Any, origin: str) -> str:
     raise InventoryError(f"{origin}: memlock must be auto, on or off, got {value!r}")
 
 
+def parse_shm_size(value: Any, origin: str) -> str:
+    """A container's /dev/shm size ("16g", "512m", lower-cased) or "host" (the host's IPC)."""
+    size = str(value).strip()
+    if not _SIZE.match(size) and size != "host":
+        raise InventoryError(f"{origin}: shm_size must look like 16g (or be host), got {size!r}")
+    return size.lower()
+
+
 def parse_env_pairs(items: list[str], origin: str) -> dict[str, str]:
     """Parse ``KEY=VALUE`` items (a bare ``KEY`` takes this process's value of KEY)."""
     env: dict[str, str] = {}
@@ -298,13 +306,7 @@ def load_inventory(path: str | Path) -> Inventory:
         ws = Path(str(data["workspace"])).expanduser()
         inv.workspace = str(ws if ws.is_absolute() else base / ws)
     if data.get("shm_size") is not None:
-        size = str(data["shm_size"]).strip()
-        if not _SIZE.match(size) and size != "host":
-            raise InventoryError(
-                f"{_where(p, data, 'shm_size')}: shm_size must look like 16g (or be host), "
-                f"got {size!r}"
-            )
-        inv.shm_size = size.lower()
+        inv.shm_size = parse_shm_size(data["shm_size"], _where(p, data, "shm_size"))
     if "memlock" in data:
         inv.memlock = parse_memlock(data["memlock"], _where(p, data, "memlock"))
     return inv

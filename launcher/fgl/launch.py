@@ -18,7 +18,7 @@ from fgl.containers import (
 from fgl.engine import Node, parallel, stop_and_remove
 from fgl.engine_notes import engine_key, load_notes, refuses_memlock, remember_memlock_refusal
 from fgl.errors import FglError, PreflightError
-from fgl.inventory import Inventory, NodeSpec, read_env_file
+from fgl.inventory import Inventory, NodeSpec, parse_shm_size, read_env_file
 from fgl.logs import LogSink
 from fgl.output import info, table
 from fgl.preflight import Preflight, gather
@@ -60,15 +60,6 @@ class Settings:
     nproc: str | None = None
     port: int | None = None
     mode: str = "c10d"
-
-
-def checked_shm_size(value: str | None) -> str | None:
-    """`--shm-size` as given ("16g", "512m", "host"), or a FglError naming the flag."""
-    import re
-
-    if value is None or value == "host" or re.fullmatch(r"[0-9]+[bkmgBKMG]?", value):
-        return value.lower() if value else value
-    raise FglError(f"--shm-size must look like 16g (or be host), got {value!r}")
 
 
 def settings_from(
@@ -115,7 +106,7 @@ def settings_from(
         mounts=list(inv.mounts),
         workspace=ws,
         working_dir=wd,
-        shm_size=checked_shm_size(shm_size) or inv.shm_size,
+        shm_size=parse_shm_size(shm_size, "--shm-size") if shm_size else inv.shm_size,
         memlock=memlock or inv.memlock,
         gpus_flag=gpus,
         gpus_default=inv.gpus_per_node,

@@ -205,14 +205,14 @@ def test_traced_stages_chain_to_the_models_output_in_both_modes():
     """The stages torch's tracer cuts, run one after the other, give the model's logits: in
     evaluation mode without dropout (a second trace), in training mode with it; the first stage
     gets ids, positions and mask by name (the tracer reorders them); the model keeps its weights."""
-    from forgather.ml.train.parallel.pipeline import layer_ranges
-    from forgather.ml.train.parallel.pipeline_trace import example_inputs, keep_only, trace_stages
+    from forgather.ml.train.parallel.pipeline import first_stage_inputs, layer_ranges
+    from forgather.ml.train.parallel.pipeline_trace import keep_only, trace_stages
 
     model = _llama_with_dropout()
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding: the mask must reach attention as a mask, not as positions
-    example = example_inputs({"input_ids": ids, "attention_mask": mask}, rows=2)
+    example = first_stage_inputs({"input_ids": ids, "attention_mask": mask})
     ranges = layer_ranges(4, 2)
     model.eval()
     expected = model(input_ids=ids, attention_mask=mask).logits

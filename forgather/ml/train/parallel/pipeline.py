@@ -73,6 +73,22 @@ def layer_ranges(num_layers: int, num_stages: int) -> list[range]:
     return [range(i * size, (i + 1) * size) for i in range(num_stages)]
 
 
+_FIRST_INPUTS = ("input_ids", "position_ids", "attention_mask")
+
+
+def first_stage_inputs(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, position ids, attention mask) of a batch, as the first stage takes them:
+    positions 0.. and an all-ones mask where the batch has none."""
+    ids = batch["input_ids"]
+    positions = batch.get("position_ids")
+    if positions is None:
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    return ids, positions.contiguous(), mask
+
+
 class StageModule(nn.Module):
     """One stage of a forgather causal LM: its layers, plus the embeddings (first stage) or the
     final norm and head (last). Registers only its own modules, so the schedule clears exactly this
@@ -329,7 +345,8 @@ class PipelineStrategy(Strategy):
         if self.example_batch is None:
             raise PipelineSetupError("pipeline_splitter=torch traces an example micro-batch")
         rows = self.args.per_device_train_batch_size
-        example = tuple(t.to(self.device) for t in trace.example_inputs(self.example_batch(), rows))
+        first_rows = {k: v[:rows] for k, v in self.example_batch().items() if k in _FIRST_INPUTS}
+        example = tuple(t.to(self.device) for t in first_stage_inputs(first_rows))
         self._trace_shape = tuple(example[0].shape)
         self._stage_modules = trace.trace_stages(model, ranges, example, self.my_stages, True)
         self._eval_modules = trace.trace_stages(model, ranges, example, self.my_stages, False)
@@ -446,17 +463,11 @@ class PipelineStrategy(Strategy):
             # ranks of a stage (FSDP collectives in every forward) must build them together
             shape = tuple(self.env.all_gather_object(shape))
         schedule = self._schedule(n, train, shape)
-        ids = batch["input_ids"]
+        ids, positions, mask = first_stage_inputs(batch)
         labels = batch.get("labels")
         if labels is None:
             labels = ids
-        positions = batch.get("position_ids")
-        if positions is None:
-            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        args = (ids, positions.contiguous(), mask) if self.holds_first() else ()
+        args = (ids, positions, mask) if self.holds_first() else ()
         target = labels if self.holds_last() else None
         losses: list[torch.Tensor] = []
         if train:
@@ -533,20 +544,18 @@ class PipelineStrategy(Strategy):
             size = self._trace_shape[0]
             repeats = size // math.gcd(rows, size)
             repeats *= -(-least // (rows * repeats // size))
-            batch = {
-                k: v.repeat(repeats, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()
-            }
-            return batch, rows * repeats // size
-        repeats = -(-least // rows) if rows < least else 1
-        if self.dp > 1:
+        elif self.dp > 1:
             repeats = least // math.gcd(rows, least)
+        else:
+            repeats = -(-least // rows) if rows < least else 1
         if repeats > 1:
             batch = {
                 k: v.repeat(repeats, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
             rows *= repeats
+        if self._trace_shape is not None:
+            return batch, rows // self._trace_shape[0]
         if self.dp > 1:
             return batch, least
         wanted = getattr(self, "_n", self.args.gradient_accumulation_steps)

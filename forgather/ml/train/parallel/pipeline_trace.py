@@ -100,16 +100,6 @@ def block_list(model: nn.Module) -> tuple[str, int]:
     )
 
 
-def example_inputs(batch: dict[str, Any], rows: int) -> tuple[torch.Tensor, ...]:
-    """(input ids, position ids, attention mask) of the first `rows` rows of a batch."""
-    ids = batch["input_ids"][:rows]
-    positions = batch.get("position_ids")
-    positions = torch.arange(ids.shape[1]).expand_as(ids) if positions is None else positions[:rows]
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask[:rows]
-    return ids, positions.contiguous(), mask
-
-
 def trace_stages(
     model: nn.Module,
     ranges: list[range],
@@ -189,18 +179,15 @@ def fit_to_trace(batch: dict[str, Any], length: int) -> dict[str, Any]:
             f"pipeline_splitter=torch traced sequences of {length} tokens; this batch has {have}: "
             "pad or pack every batch to one length (the first batch's)"
         )
+    from forgather.ml.train.parallel.pipeline import first_stage_inputs
+
     pad = length - have
     out = dict(batch)
     labels = batch.get("labels")
     out["labels"] = nn.functional.pad(ids if labels is None else labels, (0, pad), value=-100)
+    _, positions, mask = first_stage_inputs(batch)
     out["input_ids"] = nn.functional.pad(ids, (0, pad), value=0)
-    mask = batch.get("attention_mask")
-    out["attention_mask"] = nn.functional.pad(
-        torch.ones_like(ids) if mask is None else mask, (0, pad), value=0
-    )
-    positions = batch.get("position_ids")
-    if positions is None:
-        positions = torch.arange(have, device=ids.device).expand_as(ids)
+    out["attention_mask"] = nn.functional.pad(mask, (0, pad), value=0)
     tail = positions[:, -1:] + torch.arange(1, pad + 1, device=ids.device)
     out["position_ids"] = torch.cat((positions, tail), dim=1)
     return out
