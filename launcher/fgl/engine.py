@@ -2,7 +2,9 @@
 
 SSH connections check ~/.ssh/known_hosts (an unknown host key is refused, with the command that trusts
 it), use ``--ssh-key``/``ssh_key``/IdentityFile and the SSH agent, and every step is bounded by a timeout
-so an unreachable node fails within seconds instead of hanging.
+so an unreachable node fails within seconds instead of hanging. An open connection sends SSH
+keepalives and gives up when the node acknowledges nothing for ``SILENCE_LIMIT`` seconds, so a node
+that loses power or its network mid-run ends the streams and waits on it instead of blocking them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from fgl.inventory import NodeSpec
 
 CONNECT_TIMEOUT = 10.0
 """Seconds allowed for one SSH connect, handshake, authentication or engine request."""
+
+KEEPALIVE_INTERVAL = 5
+"""Seconds between SSH keepalives on an open connection to a node."""
+
+SILENCE_LIMIT = 20.0
+"""Seconds a node may leave sent data unacknowledged before its connection counts as lost (a node
+that lost power or its link never answers: without this, a stream from it waits forever)."""
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
 SSH_POOLS = 5
@@ -106,6 +115,29 @@ def explain_engine_error(spec: NodeSpec, exc: BaseException) -> str:
     )
 
 
+def notice_silence(transport: Any) -> None:
+    """Make a paramiko transport fail when its node falls silent: keepalives every
+    ``KEEPALIVE_INTERVAL`` seconds, and (on a TCP socket) the kernel aborts the connection once data
+    stays unacknowledged for ``SILENCE_LIMIT`` seconds (TCP_USER_TIMEOUT, Linux), its reads then
+    end and every request on it fails."""
+    if transport is None:
+        return
+    transport.set_keepalive(KEEPALIVE_INTERVAL)
+    sock = transport.sock
+    if not isinstance(sock, socket.socket):  # a ProxyCommand: the proxy's own timeouts apply
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = {
+        "TCP_USER_TIMEOUT": int(SILENCE_LIMIT * 1000),
+        "TCP_KEEPIDLE": KEEPALIVE_INTERVAL,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL,
+        "TCP_KEEPCNT": 3,
+    }
+    for name, value in options.items():
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 def _ssh_adapter_class():
     from docker.transport.sshconn import SSHHTTPAdapter
 
@@ -152,6 +184,10 @@ def _ssh_adapter_class():
                 self.ssh_params["key_filename"] = list(spec.keys)
             if spec.proxy_command:
                 self.ssh_params["sock"] = paramiko.ProxyCommand(spec.proxy_command)
+
+        def _connect(self):
+            super()._connect()
+            notice_silence(self.ssh_client.get_transport())
 
     return FglSSHAdapter
 

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -351,16 +352,26 @@ def fgl(env: dict[str, str], *args: str, timeout: float = 300, cwd=None):
     )
 
 
-def fgl_bg(env: dict[str, str], *args: str) -> subprocess.Popen:
-    """Start ``fgl`` in the background, stdout and stderr together in one pipe."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "fgl.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+class Background(subprocess.Popen):
+    """A background ``fgl`` whose stdout and stderr go to a temporary file, never a pipe: a long run
+    that prints more than a pipe holds would block on its own output while the test waits for it
+    to exit. ``output()`` is what it printed so far."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # noqa: SIM115 (lives as long as the process object)
+        super().__init__(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+
+def fgl_bg(env: dict[str, str], *args: str) -> Background:
+    """Start ``fgl`` in the background, stdout and stderr together in one file."""
+    return Background([sys.executable, "-m", "fgl.cli", *args], env)
 
 
 def the_run(env: dict[str, str]) -> Path:

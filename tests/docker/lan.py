@@ -239,12 +239,13 @@ class Lan:
         return self.root / "client_key"
 
     def crash(self, node: LanNode) -> None:
-        """A machine losing power: every process of the node (engine, containers, sshd and its
-        sessions) killed at once, and its link down."""
+        """A machine losing power: its link down first, so that no peer hears a goodbye (no FIN or
+        RST from the dying sockets reaches anyone: peers notice only by silence), then every
+        process of the node (engine, containers, sshd and its sessions) killed at once."""
+        node.run("ip", "link", "set", "eth0", "down")
         for pid in sh("ip", "netns", "pids", node.netns, check=False).stdout.split():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-        node.run("ip", "link", "set", "eth0", "down")
         for proc in node.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)

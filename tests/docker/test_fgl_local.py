@@ -256,7 +256,7 @@ def test_ctrl_c_removes_every_container_of_the_run_within_10s(docker_client, ima
             timeout=max(0.1, 10 - (time.monotonic() - t0)),
         )
         assert time.monotonic() - t0 < 10
-        assert code == 130, proc.stdout.read()
+        assert code == 130, proc.output()
         assert json.loads((run / "result.json").read_text())["exit_code"] == 130
     finally:
         stop(env, proc, Path(env["FGL_RUNS_DIR"]))
@@ -285,8 +285,8 @@ def test_down_mid_run_ends_the_run_and_twice_is_fine(docker_client, image, env):
         assert f"{run.name}-0" in first.stderr
         assert run_containers(docker_client, run.name) == []
         assert proc.wait(timeout=15) != 0
-        followed, _ = follower.communicate(timeout=15)
-        assert follower.returncode == 0 and "[node-0] started" in followed
+        assert follower.wait(timeout=15) == 0
+        assert "[node-0] started" in follower.output()
         second = fgl(env, "down", run.name, "--nodes", "localhost")
         assert second.returncode == 0 and "nothing of" in second.stderr
     finally:
