@@ -148,7 +148,7 @@ def plain_loop(model, options, device) -> tuple[float, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     sync(device)
-    return time.perf_counter() - started, float(loss)
+    return time.perf_counter() - started, float(loss.detach())
 
 
 def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:

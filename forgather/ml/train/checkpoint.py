@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -61,7 +62,7 @@ from forgather.ml.train.checkpoint_format import (
     step_of,
 )
 from forgather.ml.train.checkpoint_storage import StorageGroups, detect_storage, sync_files
-from forgather.ml.train.run_lock import OutputDirInUse, RunLock
+from forgather.ml.train.run_lock import OutputDirInUse, RunLock, machine_key
 from forgather.ml.unwrap import local_nbytes, model_class_name, unwrap_model
 
 # Test hook: with FORGATHER_TEST_CHECKPOINT_STALL=<step>, the write of checkpoint <step> stops (sleeps)
@@ -120,6 +121,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+STALE_TEMP_SECONDS = 24 * 3600
+"""A temp dir written by another machine (or container, or boot) untouched this long is a leftover."""
+
+
+def _writer_may_run(match: re.Match, path: Path) -> bool:
+    """Whether the process named by a temp dir's `-<machine>-<pid>` may still be writing it."""
+    machine, pid = match["machine"], int(match["pid"])
+    if machine is None or machine == machine_key():  # older names: a pid of this host
+        return _pid_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime < STALE_TEMP_SECONDS
+    except OSError:
+        return False
+
+
 @dataclass
 class LoadedCheckpoint:
     """What `CheckpointManager.load` read besides the weights and optimizer/scheduler states it applied."""
@@ -176,8 +192,8 @@ class CheckpointManager:
         self.save_on_each_node = save_on_each_node or os.environ.get(SAVE_ON_EACH_NODE_ENV) == "1"
         self._storage: StorageGroups | None = None
         self._lock = RunLock(self.output_dir)
-        # Every rank names the temp dir after rank 0's pid.
-        self.owner_pid = self._broadcast(os.getpid())
+        # Every rank names temp dirs after rank 0's machine and pid (one name on every node).
+        self.writer = self._broadcast(f"{machine_key()}-{os.getpid()}")
 
     # --- collectives (no-ops in one process) ---
     def _barrier(self) -> None:
@@ -316,7 +332,7 @@ class CheckpointManager:
         state is stored. A complete checkpoint of the same step already on disk is kept as it is.
         """
         final = self.dir / f"checkpoint-{step}"
-        temp = self.dir / f".tmp-checkpoint-{step}-{self.owner_pid}"
+        temp = self.dir / f".tmp-checkpoint-{step}-{self.writer}"
         storage = self.storage
         if all(self._on_leaders(is_complete(final))):
             return final
@@ -414,7 +430,7 @@ class CheckpointManager:
 
     def _remove(self, path: Path) -> None:
         """Delete a checkpoint directory so that no half-deleted `checkpoint-<step>` is ever visible."""
-        doomed = self.dir / f".tmp-delete-{path.name}-{self.owner_pid}"
+        doomed = self.dir / f".tmp-delete-{path.name}-{self.writer}"
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -433,8 +449,11 @@ class CheckpointManager:
         return removed
 
     def clean_temp_dirs(self) -> list[Path]:
-        """Delete `.tmp-*` leftovers of interrupted writes by processes no longer running (collective;
-        each node's storage leader cleans its directory)."""
+        """Delete `.tmp-*` leftovers of interrupted writes (collective; each node's storage leader
+        cleans its directory). While this run holds the output dir's lock no other run writes
+        there, so every temp dir is a leftover; without the lock (a filesystem that cannot lock)
+        only those whose writer is known to be gone: a dead pid of this machine and boot, or a
+        writer elsewhere silent for `STALE_TEMP_SECONDS`."""
         if not self.storage.is_leader or not self.dir.is_dir():
             return []
         removed = []
@@ -442,10 +461,8 @@ class CheckpointManager:
             match = TEMP_RE.match(path.name)
             if not match or not path.is_dir():
                 continue
-            pid = int(match.group(1))
-            # while this run holds the output dir's lock no other run writes here: every other
-            # temp dir is a leftover; without the lock, a live pid on this host may still write
-            if pid != self.owner_pid and not self._lock.held and _pid_alive(pid):
+            writer = f"{match['machine']}-{match['pid']}" if match["machine"] else None
+            if writer != self.writer and not self._lock.held and _writer_may_run(match, path):
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

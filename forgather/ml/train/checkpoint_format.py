@@ -18,7 +18,8 @@ Layout (format `forgather-checkpoint/2`), under `<output_dir>/checkpoints/checkp
     manifest.json       written last: format, complete, step, world size, strategy, digests,
                         metrics, and every file's size and sha256
 
-A checkpoint is written into `.tmp-checkpoint-<step>-<pid>/` and renamed into place after its manifest
+A checkpoint is written into `.tmp-checkpoint-<step>-<machine>-<pid>/` (`<machine>`: 12 hex digits of
+the writer's host name and boot id, `run_lock.machine_key`) and renamed into place after its manifest
 (`"complete": true`); only directories with a complete manifest count. Format 1 checkpoints (one
 `model.safetensors`) still load for inference; resuming needs format 2.
 """
@@ -54,8 +55,9 @@ REQUIRED_FILES = (
     DATA_FILE,
 )
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TEMP_RE = re.compile(r"^\.tmp-.*-(\d+)$")
-TEMP_CHECKPOINT_RE = re.compile(r"^\.tmp-checkpoint-(\d+)-\d+$")
+# Temp names end in -<machine>-<pid> (older versions wrote -<pid> alone: no machine group).
+TEMP_RE = re.compile(r"^\.tmp-.*?-(?:(?P<machine>[0-9a-f]{12})-)?(?P<pid>\d+)$")
+TEMP_CHECKPOINT_RE = re.compile(r"^\.tmp-checkpoint-(\d+)-(?:[0-9a-f]{12}-)?\d+$")
 
 
 class CheckpointError(ForgatherError):

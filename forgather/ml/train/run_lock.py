@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -33,6 +34,15 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def machine_key() -> str:
+    """12 hex digits naming this machine in this boot: its host name (a container's is its own) and
+    its boot id. A pid in a temp name is meaningful only where the key matches: on another host, in
+    another container of this host (pids repeat across containers), or before a reboot it names
+    some other process, or none."""
+    digest = hashlib.sha256(f"{socket.gethostname()}\0{boot_id()}".encode())
+    return digest.hexdigest()[:12]
 
 
 def holder_description(data: dict[str, Any]) -> str:
@@ -122,4 +132,4 @@ class RunLock:
         self._handle = None
 
 
-__all__ = ["LOCK_FILE", "OutputDirInUse", "RunLock", "boot_id"]
+__all__ = ["LOCK_FILE", "OutputDirInUse", "RunLock", "boot_id", "machine_key"]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from forgather.ml.train.checkpoint import (
     resolve_checkpoint,
 )
 from forgather.ml.train.rng import get_rng_state
+from forgather.ml.train.run_lock import machine_key
 
 pytestmark = pytest.mark.unit
 
@@ -173,6 +175,42 @@ def test_incomplete_and_temporary_directories_are_ignored_and_cleaned(tmp_path):
         manager.load(root / "checkpoint-8", model=model)
     with pytest.raises(CheckpointError, match="no manifest.json"):
         manager.load(root / "checkpoint-9", model=model)
+
+
+def test_temp_dirs_name_their_machine_and_only_this_machines_dead_writers_are_cleaned(tmp_path):
+    """Pids repeat across hosts, containers and boots: a temp dir names its writer's machine
+    (host name + boot id) beside the pid, and without the run lock a writer elsewhere is trusted
+    to be writing until its dir has been untouched for a day (a shared filesystem that cannot
+    lock; another host's checkpoint in progress must survive)."""
+    manager = CheckpointManager(tmp_path)
+    root = tmp_path / "checkpoints"
+    root.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    here, elsewhere = machine_key(), "0123456789ab"
+    assert here != elsewhere and manager.writer == f"{here}-{os.getpid()}"
+    names = {
+        "mine_dead": f".tmp-checkpoint-12-{here}-{dead}",
+        "mine_alive": f".tmp-checkpoint-13-{here}-{os.getppid()}",
+        "elsewhere_busy": f".tmp-checkpoint-14-{elsewhere}-{dead}",
+        "elsewhere_stale": f".tmp-delete-checkpoint-3-{elsewhere}-{dead}",
+    }
+    for name in names.values():
+        (root / name).mkdir()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(root / names["elsewhere_stale"], (two_days_ago, two_days_ago))
+    removed = sorted(p.name for p in manager.clean_temp_dirs())
+    assert removed == sorted([names["mine_dead"], names["elsewhere_stale"]])
+    assert (root / names["elsewhere_busy"]).is_dir() and (root / names["mine_alive"]).is_dir()
+    # while the run holds the lock, no other run writes here: everything else is a leftover
+    manager._lock.acquire()
+    try:
+        assert sorted(p.name for p in manager.clean_temp_dirs()) == sorted(
+            [names["mine_alive"], names["elsewhere_busy"]]
+        )
+    finally:
+        manager._lock.release()
 
 
 def test_resolve_fails_loudly_without_checkpoints(tmp_path):

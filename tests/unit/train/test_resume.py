@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forgather.ml.train.checkpoint import STALL_ENV, latest_checkpoint, list_checkpoints
+from forgather.ml.train.run_lock import machine_key
 from tests.unit.train._tiny import RESUME_ARGS, kill_when, launch, read_records, run, step_records
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
@@ -63,6 +64,7 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(straight, tmp_p
     process = launch(args, tmp_path / "killed.jsonl", env={STALL_ENV: "8"})
     kill_when(process, half_written)
     [temp] = root.glob(".tmp-checkpoint-8-*")
+    assert temp.name == f".tmp-checkpoint-8-{machine_key()}-{process.pid}"  # writer's machine, pid
     assert not (temp / "manifest.json").exists()
     assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-4"]
     assert not (root / "checkpoint-8").exists()
