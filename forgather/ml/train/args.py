@@ -29,6 +29,9 @@ FUSED_LOSSES = ("auto", "off", "torch", "liger")
 MAX_STEPS = 1_000_000_000  # a run of more optimizer steps is a typo, not a plan
 MAX_EPOCHS = 1_000_000
 # The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+"""The values of `sdpa_backend` (forgather.ml.train.fast_path applies them)."""
+
 HYPERPARAMETERS = (
     "learning_rate",
     "weight_decay",
@@ -323,6 +326,21 @@ class TrainingArguments:
     diloco_outer_momentum: float = 0.9
     """DiLoCo: Nesterov momentum of the outer step (0 turns momentum off)."""
 
+    sdpa_backend: str = "auto"
+    """The kernel of `scaled_dot_product_attention`: "auto" (torch picks per call), "flash",
+    "cudnn" or "efficient" (CUDA only: one clear error elsewhere) or "math" (the reference
+    implementation). A kernel that cannot take a call (a head size or mask it does not support)
+    makes that call fail instead of falling back."""
+
+    activation_memory_budget: float | None = None
+    """With `torch_compile`: the fraction (0, 1] of the compiled graph's activations to keep for the
+    backward; the partitioner recomputes the cheapest of the rest (1 keeps what it would anyway,
+    lower saves memory for compute). None leaves torch's default."""
+
+    tf32: bool | None = None
+    """TF32 for float32 matmuls and convolutions on NVIDIA GPUs (Ampere and later): faster, with a
+    10-bit mantissa. None leaves torch's defaults; no effect on CPU."""
+
     fsdp_replicate: int = 1
     """FSDP: HSDP replica groups. With R > 1 the world is an R x (world/R) mesh: parameters are
     sharded within a group (e.g. one node's GPUs) and replicated across the R groups."""
@@ -392,6 +410,14 @@ class TrainingArguments:
             "must be > 0 or None",
         )
         require(not (self.bf16 and self.fp16), "fp16", "cannot be combined with bf16=True")
+        require(
+            self.sdpa_backend in SDPA_BACKENDS, "sdpa_backend", f"must be one of {SDPA_BACKENDS}"
+        )
+        require(
+            self.activation_memory_budget is None or 0 < self.activation_memory_budget <= 1,
+            "activation_memory_budget",
+            "must be in (0, 1] or None",
+        )
         for name in ("eval_strategy", "logging_strategy", "save_strategy"):
             require(getattr(self, name) in STRATEGIES, name, f"must be one of {STRATEGIES}")
         for name in ("eval_steps", "logging_steps", "save_steps"):

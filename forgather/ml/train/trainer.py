@@ -39,6 +39,8 @@ from forgather.ml.train.data_state import (
     data_state_dict,
 )
 from forgather.ml.train.distributed import DistributedEnvironment
+from forgather.ml.train.fast_path import check as check_fast_path
+from forgather.ml.train.fast_path import fast_path
 from forgather.ml.train.loss import IGNORE_INDEX, causal_lm_loss, logits_of
 from forgather.ml.train.parallel import make_strategy
 from forgather.ml.train.rng import get_rng_state, set_rng_state, set_seed
@@ -188,25 +190,26 @@ class Trainer:
         self._setup_training()
         self.checkpoints.lock_output_dir()  # one run per output directory, until train ends
         try:
-            rng_state = self._resume_or_start()
-            self._dispatch("on_train_begin")
-            # after on_train_begin, so callbacks cannot shift the RNG stream
-            if rng_state is not None:
-                set_rng_state(rng_state)
-            start_time, start_step = time.perf_counter(), state.global_step
+            with fast_path(args):  # the SDPA backend, activation budget and TF32 switches
+                rng_state = self._resume_or_start()
+                self._dispatch("on_train_begin")
+                # after on_train_begin, so callbacks cannot shift the RNG stream
+                if rng_state is not None:
+                    set_rng_state(rng_state)
+                start_time, start_step = time.perf_counter(), state.global_step
 
-            while state.global_step < state.max_steps and not self._stopping():
-                self._train_epoch()
-            if not self.control.should_abort_without_save:
-                if args.save_strategy != "no" and self._last_save_step != state.global_step:
-                    self._save_checkpoint()
-                best = self.checkpoints.best() if args.load_best_model_at_end else None
-                if best is not None:
-                    self.checkpoints.load_weights(best, self.model)
+                while state.global_step < state.max_steps and not self._stopping():
+                    self._train_epoch()
+                if not self.control.should_abort_without_save:
+                    if args.save_strategy != "no" and self._last_save_step != state.global_step:
+                        self._save_checkpoint()
+                    best = self.checkpoints.best() if args.load_best_model_at_end else None
+                    if best is not None:
+                        self.checkpoints.load_weights(best, self.model)
 
-            self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
-            self._dispatch("on_train_end")
-            return state
+                self._log_summary(time.perf_counter() - start_time, state.global_step - start_step)
+                self._dispatch("on_train_end")
+                return state
         finally:
             self.checkpoints.unlock_output_dir()
 
@@ -401,6 +404,7 @@ class Trainer:
             raise TypeError(
                 "the train_dataset must be map-style (len and indexing) for exact resume"
             )
+        check_fast_path(args, self.device)
         data_rank, data_world = self.strategy.data_parallel()
         # pipeline micro-batches must be of one size: the epoch's incomplete last batch is dropped
         self._drop_last = args.dataloader_drop_last or self.strategy.runs_steps

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -641,3 +642,92 @@ def test_checkpointing_every_kth_layer_is_for_forgather_models(tmp_path):
     trainer = Trainer(args=args, model=tiny_forgather(), train_dataset=ProgressionDataset(8))
     trainer.train()
     assert trainer.model.model.gradient_checkpointing_every == 2
+
+
+class RecordsTorchSettings:
+    """What the process-wide speed switches read while the steps run."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seen.append(torch_settings())
+
+
+def torch_settings() -> dict:
+    import torch._functorch.config as functorch_config
+
+    return {
+        "flash": torch.backends.cuda.flash_sdp_enabled(),
+        "math": torch.backends.cuda.math_sdp_enabled(),
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+        "budget": functorch_config.activation_memory_budget,
+    }
+
+
+def test_sdpa_backend_and_tf32_hold_during_training_and_are_restored_after(tmp_path):
+    """`sdpa_backend: math` runs attention on the reference kernel (the same losses as torch's
+    choice) and `tf32: true` turns TF32 on, for the steps only: torch's settings come back after."""
+    before = torch_settings()
+    plain = make_trainer(tmp_path / "a", max_steps=3).train()
+    seen = RecordsTorchSettings()
+    chosen = make_trainer(
+        tmp_path / "b", callbacks=[seen], max_steps=3, sdpa_backend="math", tf32=True
+    ).train()
+    assert seen.seen and all(
+        s["math"] and not s["flash"] and s["tf32"] is True for s in seen.seen
+    ), seen.seen
+    assert torch_settings() == before
+    losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, chosen)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"sdpa_backend": "cudnn"},
+            "sdpa_backend=cudnn needs a CUDA device (this run trains on cpu)",
+        ),
+        ({"sdpa_backend": "efficient"}, "sdpa_backend=efficient needs a CUDA device"),
+        ({"activation_memory_budget": 0.5}, "activation_memory_budget needs torch_compile: true"),
+    ],
+)
+def test_speed_switches_this_run_cannot_use_are_one_clear_error(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_trainer(tmp_path, max_steps=1, **overrides).train()
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sdpa_backend": "fast"}, "sdpa_backend must be one of"),
+        ({"activation_memory_budget": 0.0}, "activation_memory_budget must be in (0, 1] or None"),
+        ({"activation_memory_budget": 1.5}, "activation_memory_budget must be in (0, 1] or None"),
+    ],
+)
+def test_speed_switch_values_are_checked(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainingArguments(output_dir=str(tmp_path), **overrides)
+
+
+@pytest.mark.slow
+def test_activation_memory_budget_reaches_the_compiled_partitioner(tmp_path):
+    """With `torch_compile` (here aot_eager_decomp_partition: the min-cut partitioner inductor
+    uses, without code generation) the budget is torch's while the graph is compiled and run;
+    recomputing activations changes no loss."""
+    plain = make_trainer(tmp_path / "a", max_steps=3).train()
+    seen = RecordsTorchSettings()
+    budgeted = make_trainer(
+        tmp_path / "b",
+        callbacks=[seen],
+        max_steps=3,
+        torch_compile=True,
+        torch_compile_backend="aot_eager_decomp_partition",
+        activation_memory_budget=0.3,
+    ).train()
+    assert [s["budget"] for s in seen.seen] == [0.3] * 3
+    assert torch_settings()["budget"] == 1.0
+    losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, budgeted)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
