@@ -1,5 +1,5 @@
-"""The plain model under training wrappers and its class name, and a sharded tensor's own part
-(one owner for each)."""
+"""The plain model under training wrappers and its class name, its repeated blocks, and a sharded
+tensor's own part (one owner for each)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,18 @@ def local_nbytes(tensor: Any) -> int:
     """Bytes of this rank's part of a tensor (see `local_tensor`)."""
     local = local_tensor(tensor)
     return local.numel() * local.element_size()
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks: modules whose class is in `_no_split_modules` (Hugging Face's
+    name for them), else the children of its largest `ModuleList` of one class; [] if neither."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    lists = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(child) for child in m}) == 1
+    ]
+    return list(max(lists, key=len)) if lists else []

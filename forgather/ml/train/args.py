@@ -29,6 +29,9 @@ FUSED_LOSSES = ("auto", "off", "torch", "liger")
 MAX_STEPS = 1_000_000_000  # a run of more optimizer steps is a typo, not a plan
 MAX_EPOCHS = 1_000_000
 # The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
+COMPILE_SCOPES = ("model", "blocks")
+"""The values of `torch_compile_scope`."""
+
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 """The values of `sdpa_backend` (forgather.ml.train.fast_path applies them)."""
 
@@ -247,6 +250,12 @@ class TrainingArguments:
     torch_compile_mode: str | None = None
     """`torch.compile` mode (e.g. "max-autotune"); None means torch's default."""
 
+    torch_compile_scope: str = "model"
+    """What `torch_compile` compiles: "model" (the whole model, one graph: the fastest steps) or
+    "blocks" (each repeated transformer block on its own, in place — regional compilation: blocks
+    of one class share one compiled graph, so compile time stays one block's however deep the
+    model; the embedding and head run eagerly)."""
+
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (the model must support
     `gradient_checkpointing_enable()`)."""
@@ -412,6 +421,11 @@ class TrainingArguments:
         require(not (self.bf16 and self.fp16), "fp16", "cannot be combined with bf16=True")
         require(
             self.sdpa_backend in SDPA_BACKENDS, "sdpa_backend", f"must be one of {SDPA_BACKENDS}"
+        )
+        require(
+            self.torch_compile_scope in COMPILE_SCOPES,
+            "torch_compile_scope",
+            f"must be one of {COMPILE_SCOPES}",
         )
         require(
             self.activation_memory_budget is None or 0 < self.activation_memory_budget <= 1,

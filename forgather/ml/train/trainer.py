@@ -45,7 +45,7 @@ from forgather.ml.train.loss import IGNORE_INDEX, causal_lm_loss, logits_of
 from forgather.ml.train.parallel import make_strategy
 from forgather.ml.train.rng import get_rng_state, set_rng_state, set_seed
 from forgather.ml.train.state import TrainerControl, TrainerState
-from forgather.ml.unwrap import unwrap_model
+from forgather.ml.unwrap import model_class_name, transformer_blocks, unwrap_model
 
 CONTROL_FLAGS = (
     "should_training_stop",
@@ -153,6 +153,10 @@ class Trainer:
         self.lr_scheduler_factory = lr_scheduler_factory
         self.compute_loss_func = compute_loss_func
         self._loss_impl = self._choose_loss_impl()
+        # Training and evaluation never decode: a model that would build a KV cache (Hugging Face
+        # models do by default, even in training) is told not to (memory, and a compiled block
+        # would otherwise be specialised to its layer's cache entry).
+        self._no_cache = {"use_cache": False} if _accepts(self.model, "use_cache") else {}
         self.callback_handler = CallbackHandler(callbacks or [])
         self.checkpoint_metadata: dict[str, Any] = {}
 
@@ -336,6 +340,29 @@ class Trainer:
         except ValueError as error:
             raise ValueError(f"fused_loss={choice}: {error}") from None
 
+    def _compile(self, wrapped: torch.nn.Module) -> torch.nn.Module:
+        """`torch_compile`: the whole model (`torch_compile_scope: model`), or each repeated
+        block in place (`blocks`; the returned module is then `wrapped` itself)."""
+        args = self.args
+        if not args.torch_compile:
+            return wrapped
+        options = {
+            "backend": args.torch_compile_backend or "inductor",
+            "mode": args.torch_compile_mode,
+        }
+        if args.torch_compile_scope == "model":
+            return torch.compile(wrapped, **options)
+        blocks = transformer_blocks(self.model)
+        if not blocks:
+            raise ValueError(
+                f"torch_compile_scope=blocks: {model_class_name(self.model)} has no repeated blocks "
+                "to compile (neither `_no_split_modules` classes nor a ModuleList of one class); "
+                "use torch_compile_scope=model"
+            )
+        for block in blocks:
+            block.compile(**options)
+        return wrapped
+
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of one batch: labels are popped (default: the input ids), the model sees the rest."""
         inputs = dict(batch)
@@ -343,8 +370,8 @@ class Trainer:
         if labels is None:
             labels = inputs["input_ids"]
         if self._loss_impl is not None:  # the model computes it, fused with its head
-            return model(**inputs, labels=labels, loss_impl=self._loss_impl).loss
-        outputs = model(**inputs)
+            return model(**inputs, **self._no_cache, labels=labels, loss_impl=self._loss_impl).loss
+        outputs = model(**inputs, **self._no_cache)
         if self.compute_loss_func is not None:
             return self.compute_loss_func(outputs, labels)
         return causal_lm_loss(logits_of(outputs), labels)
@@ -455,14 +482,7 @@ class Trainer:
         if args.fp16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
 
-        wrapped = self.strategy.wrap(self.model)
-        if args.torch_compile:
-            wrapped = torch.compile(
-                wrapped,
-                backend=args.torch_compile_backend or "inductor",
-                mode=args.torch_compile_mode,
-            )
-        self.wrapped_model = wrapped
+        self.wrapped_model = self._compile(self.strategy.wrap(self.model))
 
         self.checkpoints = CheckpointManager(
             args.output_dir,
@@ -855,6 +875,17 @@ def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
     if isinstance(batch.get("labels"), torch.Tensor):
         return (batch["labels"] != IGNORE_INDEX).sum()
     return torch.tensor(batch["input_ids"].numel())
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the (unwrapped) model's forward takes a keyword argument `name`."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(unwrap_model(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters
 
 
 def _enable_gradient_checkpointing(model: torch.nn.Module, every: int = 1) -> None:

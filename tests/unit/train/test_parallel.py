@@ -7,8 +7,9 @@ import torch
 
 from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.parallel import STRATEGIES, make_strategy
-from forgather.ml.train.parallel.fsdp import FSDPSetupError, transformer_blocks
+from forgather.ml.train.parallel.fsdp import FSDPSetupError
 from forgather.ml.train.trainer import Trainer
+from forgather.ml.unwrap import transformer_blocks
 from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_forgather, tiny_llama
 
 pytestmark = pytest.mark.unit

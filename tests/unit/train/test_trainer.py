@@ -16,7 +16,7 @@ from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.checkpoint import CheckpointError, list_checkpoints, read_manifest
 from forgather.ml.train.state import TrainerControl
 from forgather.ml.train.trainer import Trainer
-from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
+from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_forgather, tiny_llama
 
 pytestmark = pytest.mark.unit
 
@@ -731,3 +731,47 @@ def test_activation_memory_budget_reaches_the_compiled_partitioner(tmp_path):
     assert torch_settings()["budget"] == 1.0
     losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, budgeted)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_init", "depth"), [(tiny_forgather, 4), (tiny_llama, 2)])
+def test_regional_compile_compiles_the_blocks_in_place_once_and_trains_the_same(
+    tmp_path, model_init, depth
+):
+    """`torch_compile_scope: blocks` compiles each repeated block in place (the model is not
+    wrapped; checkpoints keep their names), the blocks share one compiled graph (a Hugging Face
+    model too: the trainer turns its KV cache off, which would specialise each block to its
+    layer), and the losses are those of the eager run."""
+    from torch._dynamo.utils import counters
+
+    from forgather.ml.unwrap import transformer_blocks
+
+    plain = make_trainer(tmp_path / "a", model_init=model_init, max_steps=3).train()
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = make_trainer(
+        tmp_path / "b",
+        model_init=model_init,
+        max_steps=3,
+        torch_compile=True,
+        torch_compile_backend="eager",
+        torch_compile_scope="blocks",
+    )
+    regional = trainer.train()
+    blocks = transformer_blocks(trainer.model)
+    assert len(blocks) == depth and all(b._compiled_call_impl is not None for b in blocks)
+    assert trainer.wrapped_model is trainer.model  # not an OptimizedModule around it
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for all blocks
+    losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, regional)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_regional_compile_of_a_model_without_blocks_is_one_clear_error(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, torch_compile=True, torch_compile_scope="blocks"
+    )
+    trainer = Trainer(args=args, model=model, train_dataset=ProgressionDataset(8))
+    with pytest.raises(ValueError, match="torch_compile_scope=blocks: Sequential has no repeated"):
+        trainer.train()
+    assert not (tmp_path / "checkpoints").exists()

@@ -15,27 +15,11 @@ import torch
 
 from forgather.errors import ForgatherError
 from forgather.ml.train.parallel.base import Strategy
+from forgather.ml.unwrap import transformer_blocks
 
 
 class FSDPSetupError(ForgatherError):
     """The model or the world cannot be sharded as asked."""
-
-
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's repeated blocks: modules whose class is in `_no_split_modules` (Hugging Face's
-    name for them), else the children of its largest `ModuleList` of one class; [] if neither."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
-    if blocks:
-        return blocks
-    lists = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.ModuleList)
-        and len(m) > 0
-        and len({type(child) for child in m}) == 1
-    ]
-    return list(max(lists, key=len)) if lists else []
 
 
 def shard_options(args, mesh) -> dict:

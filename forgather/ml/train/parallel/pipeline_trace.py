@@ -87,7 +87,7 @@ def shared_weights(model: nn.Module) -> list[list[str]]:
 
 def block_list(model: nn.Module) -> tuple[str, int]:
     """The qualified name of the model's list of repeated blocks and its length."""
-    from forgather.ml.train.parallel.fsdp import transformer_blocks
+    from forgather.ml.unwrap import transformer_blocks
 
     blocks = {id(b) for b in transformer_blocks(model)}
     for name, module in model.named_modules():
