@@ -29,6 +29,9 @@ FUSED_LOSSES = ("auto", "off", "torch", "liger")
 MAX_STEPS = 1_000_000_000  # a run of more optimizer steps is a typo, not a plan
 MAX_EPOCHS = 1_000_000
 # The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
+CHECKPOINT_POLICIES = ("full", "selective")
+"""The values of `gradient_checkpointing_policy` (forgather.ml.train.activation_checkpointing)."""
+
 COMPILE_SCOPES = ("model", "blocks")
 """The values of `torch_compile_scope`."""
 
@@ -350,6 +353,12 @@ class TrainingArguments:
     """TF32 for float32 matmuls and convolutions on NVIDIA GPUs (Ampere and later): faster, with a
     10-bit mantissa. None leaves torch's defaults; no effect on CPU."""
 
+    gradient_checkpointing_policy: str = "full"
+    """With `gradient_checkpointing`: what a recomputed layer keeps — "full" (only its input: the
+    least memory, the backward repeats the layer's forward) or "selective" (also the outputs of its
+    matrix multiplications and attention; only the cheap element-wise ops are recomputed, so no
+    matmul runs twice: more memory than "full", far less than no checkpointing)."""
+
     fsdp_replicate: int = 1
     """FSDP: HSDP replica groups. With R > 1 the world is an R x (world/R) mesh: parameters are
     sharded within a group (e.g. one node's GPUs) and replicated across the R groups."""
@@ -421,6 +430,11 @@ class TrainingArguments:
         require(not (self.bf16 and self.fp16), "fp16", "cannot be combined with bf16=True")
         require(
             self.sdpa_backend in SDPA_BACKENDS, "sdpa_backend", f"must be one of {SDPA_BACKENDS}"
+        )
+        require(
+            self.gradient_checkpointing_policy in CHECKPOINT_POLICIES,
+            "gradient_checkpointing_policy",
+            f"must be one of {CHECKPOINT_POLICIES}",
         )
         require(
             self.torch_compile_scope in COMPILE_SCOPES,

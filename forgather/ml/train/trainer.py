@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from forgather.errors import ForgatherError
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
+from forgather.ml.train import activation_checkpointing
 from forgather.ml.train.args import HYPERPARAMETERS, TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
 from forgather.ml.train.checkpoint import (
@@ -470,7 +471,9 @@ class Trainer:
         )
 
         if args.gradient_checkpointing:
-            _enable_gradient_checkpointing(self.model, args.gradient_checkpointing_every)
+            activation_checkpointing.enable(
+                self.model, args.gradient_checkpointing_every, args.gradient_checkpointing_policy
+            )
         # A sharding strategy shards the parameters first: the optimizer holds the shards.
         self.strategy.example_batch = self._example_batch
         self.model = self.strategy.prepare(self.model)
@@ -886,28 +889,6 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in parameters
-
-
-def _enable_gradient_checkpointing(model: torch.nn.Module, every: int = 1) -> None:
-    """Turn on activation recomputation (transformers >= 5 name first, then the older one), of
-    every `every`-th layer (forgather models)."""
-    if every > 1:
-        inner = getattr(model, "model", None)
-        if not hasattr(inner, "gradient_checkpointing_every"):
-            raise ValueError(
-                f"gradient_checkpointing_every={every}: {type(model).__name__} recomputes every "
-                "layer or none (forgather causal LMs can skip layers); use 1"
-            )
-        inner.gradient_checkpointing_every = every
-    options = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-    else:
-        raise ValueError(
-            "gradient_checkpointing=True but the model has no gradient_checkpointing_enable()"
-        )
 
 
 def _first_parameter_name(factory: Callable) -> str | None:
