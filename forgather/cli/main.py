@@ -14,6 +14,7 @@ from forgather.cli import (
     checkpoint,
     common,
     control,
+    convert,
     dataset,
     explain,
     generate,
@@ -119,6 +120,7 @@ control.register(app)
 tb_command.register(app)
 train.register(app)
 generate.register(app)
+convert.register(app)
 serve.register(app)
 tls.register(app)
 

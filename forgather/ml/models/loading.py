@@ -156,12 +156,17 @@ def _load_checkpoint_weights(model: Any, model_dir: Path, checkpoint: Path) -> N
 
 
 def load_causal_lm(
-    path: str | Path, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = True
+    path: str | Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    trust_remote_code: bool = True,
+    require_tokenizer: bool = True,
 ) -> tuple[Any, Any, Path]:
     """(model in eval mode on ``device``, tokenizer, model directory) for a model dir or checkpoint.
 
     ``trust_remote_code``: allow a (non-forgather) model directory's own code, subject to
-    `check_code_dir`.
+    `check_code_dir`. Without ``require_tokenizer`` a directory without tokenizer files gives
+    None for the tokenizer instead of an error.
     """
     from transformers import AutoTokenizer
 
@@ -183,10 +188,15 @@ def load_causal_lm(
                 from transformers import GenerationConfig
 
                 model.generation_config = GenerationConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
+    try:
         # given the config, AutoTokenizer does not read (and ask about) the directory's own
         tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, **code)
     except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
+        if require_tokenizer:
+            raise ModelNotFoundError(f"cannot load the tokenizer in {model_dir}: {error}") from None
+        tokenizer = None
     if checkpoint is not None:
         _load_checkpoint_weights(model, model_dir, checkpoint)
     return model.to(device).eval(), tokenizer, model_dir

@@ -1,0 +1,70 @@
+"""`forgather convert SRC DST`: Hugging Face <-> forgather model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+HELP = """Convert a model between Hugging Face and forgather (the direction follows from SRC).
+
+A Hugging Face directory (Llama, Mistral without a sliding window, Qwen3) becomes a forgather model
+directory; a forgather model directory or checkpoint becomes a Hugging Face one (Llama unless
+--model-type says e.g. mistral; a model with query/key norms becomes Qwen3). The converted
+model's logits on a prompt are compared with the source's before anything is written, and the
+largest difference is printed. Examples:
+
+  forgather convert ~/models/Llama-3.2-1B out/llama-fg
+
+  forgather convert out/run1 out/run1-hf --checkpoint best --dtype bfloat16
+"""
+
+
+def convert(
+    src: Annotated[
+        Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
+    ],
+    dst: Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")],
+    dtype: Annotated[
+        str,
+        typer.Option(help="Weights' dtype: auto (the source's), float32, bfloat16, float16."),
+    ] = "auto",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="SRC is a run's output directory: convert its latest, best or named checkpoint "
+            "(e.g. checkpoint-800)."
+        ),
+    ] = None,
+    model_type: Annotated[
+        str | None,
+        typer.Option(
+            help="The Hugging Face family: reading, the converter to use; writing, the model_type "
+            "to write (llama, mistral, qwen3)."
+        ),
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text whose logits are compared.")] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest logit difference accepted (float32, on the CPU).")
+    ] = 1e-3,
+) -> None:
+    from forgather.ml.convert.convert import DEFAULT_PROMPT
+    from forgather.ml.convert.convert import convert as run
+
+    say = lambda line: typer.echo(f"forgather: {line}", err=True)  # noqa: E731
+    done = run(
+        src,
+        dst,
+        dtype=dtype,
+        checkpoint=checkpoint,
+        model_type=model_type,
+        prompt=prompt or DEFAULT_PROMPT,
+        tolerance=tolerance,
+        say=say,
+    )
+    typer.echo(str(done.destination))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert", help=HELP)(convert)

@@ -1,0 +1,181 @@
+"""`forgather convert SRC DST`: a Hugging Face model directory becomes a forgather one, and a
+forgather model directory or checkpoint a Hugging Face one — the direction follows from what SRC
+is. The converted model's logits on a prompt are compared with the source's (both float32 on the
+CPU) before anything is written: a difference above the tolerance stops with nothing written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forgather.errors import ForgatherError
+from forgather.ml.convert import registry
+from forgather.ml.convert.registry import UnsupportedFeature
+
+DEFAULT_PROMPT = "It is a truth universally acknowledged, that a single man in possession"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConversionError(ForgatherError):
+    """The conversion cannot be done or did not reproduce the source's logits."""
+
+
+@dataclass
+class Conversion:
+    """What `convert` did."""
+
+    direction: str  # "hf -> forgather" or "forgather -> hf"
+    converter: str
+    source: Path
+    destination: Path
+    model_type: str  # the Hugging Face model_type on the HF side
+    parameters: int
+    max_abs_diff: float
+    dtype: str
+
+
+def source_path(src: str | Path, checkpoint: str | None) -> Path:
+    """SRC itself, or with `checkpoint` the named checkpoint of the run whose output dir is SRC:
+    "latest", "best" (by the run's metric) or a checkpoint directory name."""
+    from forgather.ml.train.checkpoint_format import (
+        best_checkpoint,
+        checkpoints_dir,
+        latest_checkpoint,
+    )
+
+    src = Path(src)
+    if checkpoint is None:
+        return src
+    found = {"latest": latest_checkpoint, "best": best_checkpoint}.get(checkpoint)
+    path = found(src) if found else checkpoints_dir(src) / checkpoint
+    if path is None or not Path(path).is_dir():
+        raise ConversionError(
+            f"--checkpoint {checkpoint}: no such checkpoint in {checkpoints_dir(src)}"
+        )
+    return Path(path)
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "auto",
+    checkpoint: str | None = None,
+    model_type: str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    tolerance: float = 1e-3,
+    say: Callable[[str], None] = lambda line: None,
+) -> Conversion:
+    """Convert the model at `src` (a model directory, or a checkpoint: see `source_path`) into a
+    new directory `dst`; `model_type` forces the Hugging Face family (reading: the converter to
+    use; writing: the model_type to write, e.g. "mistral")."""
+    from forgather.ml.models.loading import load_causal_lm
+    from forgather.ml.models.save import is_forgather_model, save_model_dir
+
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConversionError(f"{dst} exists and is not an empty directory; name a new one")
+    path = source_path(src, checkpoint)
+    source, tokenizer, model_dir = load_causal_lm(
+        path, "cpu", "float32", trust_remote_code=False, require_tokenizer=False
+    )
+    saved_dtype = _config_dtype(model_dir)
+    parameters = sum(p.numel() for p in source.parameters())
+    if is_forgather_model(source):
+        converter = (
+            registry.for_hf(model_type) if model_type else registry.for_forgather(source.config)
+        )
+        hf_type = model_type or converter.hf_model_types[0]
+        say(f"reading {path}: a forgather model, {parameters:,} parameters")
+        target = _hf_model(converter.from_forgather_config(source.config, hf_type))
+        rename, direction = converter.to_hf_name, "forgather -> hf"
+    else:
+        hf_type = source.config.model_type
+        converter = registry.for_hf(model_type or hf_type)
+        say(f"reading {path}: {type(source).__name__} ({hf_type}), {parameters:,} parameters")
+        from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
+
+        fields = converter.to_forgather_config(source.config)
+        target = ForgatherForCausalLM(ForgatherConfig(**fields)).float()
+        rename, direction = converter.to_forgather_name, "hf -> forgather"
+    _copy_weights(source, target, rename)
+    target.generation_config = source.generation_config
+    target.eval()
+    difference = max_logit_difference(source, target, tokenizer, prompt)
+    say(f"{direction} ({converter.name}): logits on the prompt differ by at most {difference:.3g}")
+    if not difference <= tolerance:
+        raise ConversionError(
+            f"the converted model's logits differ from the source's by {difference:.3g} (more "
+            f"than --tolerance {tolerance:g}); nothing written"
+        )
+    out_dtype = saved_dtype if dtype == "auto" else dtype
+    target = target.to(getattr(torch, out_dtype))
+    target.config.dtype = out_dtype
+    save_model_dir(target, dst, tokenizer)
+    say(f"wrote {dst} ({out_dtype})")
+    return Conversion(
+        direction, converter.name, path, dst, hf_type, parameters, difference, out_dtype
+    )
+
+
+def _config_dtype(model_dir: Path) -> str:
+    """The dtype the source directory's config.json records (float32 when it records none)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return name if name in DTYPES else "float32"
+
+
+def _hf_model(hf_config: Any) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
+def _copy_weights(source: torch.nn.Module, target: torch.nn.Module, rename: Callable) -> None:
+    state = {rename(name): tensor for name, tensor in source.state_dict().items()}
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UnsupportedFeature(
+            "the parameters do not map one to one: "
+            + "; ".join(
+                part
+                for part in (
+                    f"the target also has {', '.join(missing[:4])}" if missing else "",
+                    f"the source also has {', '.join(extra[:4])}" if extra else "",
+                )
+                if part
+            )
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UnsupportedFeature(
+                f"{name}: shape {tuple(tensor.shape)} in the source, "
+                f"{tuple(expected[name].shape)} in the target"
+            )
+    target.load_state_dict(state, strict=True)
+
+
+def max_logit_difference(
+    source: torch.nn.Module, target: torch.nn.Module, tokenizer: Any, prompt: str
+) -> float:
+    """The largest absolute difference of the two models' logits on `prompt` (token ids
+    0..15 when there is no tokenizer)."""
+    tokens = list(tokenizer(prompt)["input_ids"]) if tokenizer is not None else []
+    if not tokens:  # no tokenizer, or one without a vocabulary
+        tokens = [i % source.config.vocab_size for i in range(16)]
+    ids = torch.tensor([tokens], dtype=torch.long)
+    with torch.no_grad():
+        a = source(input_ids=ids, use_cache=False).logits.float()
+        b = target(input_ids=ids, use_cache=False).logits.float()
+    return float((a - b).abs().max())
+
+
+__all__ = ["Conversion", "ConversionError", "convert", "max_logit_difference", "source_path"]

@@ -1,0 +1,173 @@
+"""The built-in converters: Llama (also Mistral without a sliding window) and Qwen3 (Llama with
+per-head RMS norms of queries and keys), to and from forgather's pre-LN RMSNorm/SwiGLU/RoPE causal LM.
+
+Parameter names are the same on both sides but for the two norms of a layer:
+`input_layernorm` / `post_attention_layernorm` (Hugging Face) are `attn_norm` / `mlp_norm`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from forgather.ml.convert.registry import UnsupportedFeature, register
+
+_NORM_NAMES = ((".input_layernorm.", ".attn_norm."), (".post_attention_layernorm.", ".mlp_norm."))
+ROPE_TYPES = ("default", "llama3")
+
+
+def rope_of(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
+    """(rope theta, forgather rope_scaling or None) of a Hugging Face config, either the
+    transformers >= 5 `rope_parameters` or the older `rope_theta` / `rope_scaling`."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(hf_config, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind not in ROPE_TYPES:
+        raise UnsupportedFeature(
+            f"rope scaling {kind!r} (forgather converts {', '.join(ROPE_TYPES)})"
+        )
+    theta = float(params.get("rope_theta", 10000.0))
+    if kind == "default":
+        return theta, None
+    scaling = {
+        "rope_type": "llama3",
+        "factor": params["factor"],
+        "low_freq_factor": params["low_freq_factor"],
+        "high_freq_factor": params["high_freq_factor"],
+        "original_max_position_embeddings": params["original_max_position_embeddings"],
+    }
+    return theta, scaling
+
+
+@dataclass(frozen=True)
+class LlamaFamily:
+    """A Llama-shaped family; `qk_norm` marks Qwen3's query/key norms."""
+
+    name: str
+    hf_model_types: tuple[str, ...]
+    qk_norm: bool = False
+
+    # --- configs ---
+    def to_forgather_config(self, hf_config: Any) -> dict[str, Any]:
+        get = lambda key, default=None: getattr(hf_config, key, default)  # noqa: E731
+        if (act := get("hidden_act", "silu")) != "silu":
+            raise UnsupportedFeature(f"hidden_act={act!r} (a SwiGLU family uses 'silu')")
+        if get("use_sliding_window", bool(get("sliding_window"))) and get("sliding_window"):
+            raise UnsupportedFeature(
+                f"sliding_window={get('sliding_window')} (forgather has no sliding-window attention)"
+            )
+        if get("layer_types") and any(t != "full_attention" for t in get("layer_types")):
+            raise UnsupportedFeature("layers other than full attention (layer_types)")
+        if get("pretraining_tp", 1) not in (None, 1):
+            raise UnsupportedFeature(f"pretraining_tp={get('pretraining_tp')}")
+        theta, scaling = rope_of(hf_config)
+        heads = get("num_attention_heads")
+        return {
+            "vocab_size": get("vocab_size"),
+            "hidden_size": get("hidden_size"),
+            "intermediate_size": get("intermediate_size"),
+            "num_hidden_layers": get("num_hidden_layers"),
+            "num_attention_heads": heads,
+            "num_key_value_heads": get("num_key_value_heads") or heads,
+            "head_dim": get("head_dim") or get("hidden_size") // heads,
+            "max_position_embeddings": get("max_position_embeddings"),
+            "norm": "rmsnorm",
+            "norm_eps": get("rms_norm_eps", 1e-6),
+            "feedforward": "swiglu",
+            "hidden_act": "silu",
+            "positional_encoding": "rope",
+            "rope_theta": theta,
+            "rope_scaling": scaling,
+            "layer_type": "pre_ln",
+            "qk_norm": self.qk_norm,
+            "attention_bias": bool(get("attention_bias", False)),
+            "mlp_bias": bool(get("mlp_bias", False)),
+            "tie_word_embeddings": bool(get("tie_word_embeddings", False)),
+            "initializer_range": get("initializer_range", 0.02),
+            "attention_dropout": float(get("attention_dropout", 0.0) or 0.0),
+            "bos_token_id": get("bos_token_id"),
+            "eos_token_id": get("eos_token_id"),
+            "pad_token_id": get("pad_token_id"),
+        }
+
+    def accepts_forgather(self, config: Any) -> bool:
+        return (
+            config.norm == "rmsnorm"
+            and config.feedforward == "swiglu"
+            and config.positional_encoding == "rope"
+            and config.layer_type == "pre_ln"
+            and bool(config.qk_norm) == self.qk_norm
+        )
+
+    def from_forgather_config(self, config: Any, model_type: str) -> Any:
+        from transformers import AutoConfig
+
+        if not self.accepts_forgather(config):
+            raise UnsupportedFeature(
+                f"{self.name} cannot express this model (norm {config.norm}, feed-forward "
+                f"{config.feedforward}, positions {config.positional_encoding}, layers "
+                f"{config.layer_type}, qk_norm {config.qk_norm})"
+            )
+        for field, why in (
+            ("embedding_scale", "a scaled input embedding"),
+            ("deepnet_alpha", "DeepNet residual scaling"),
+        ):
+            if getattr(config, field, None) is not None:
+                raise UnsupportedFeature(f"{field}={getattr(config, field)} ({why})")
+        fields: dict[str, Any] = {
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+            "max_position_embeddings": config.max_position_embeddings,
+            "rms_norm_eps": config.norm_eps,
+            "hidden_act": "silu",
+            "attention_bias": config.attention_bias,
+            "tie_word_embeddings": config.tie_word_embeddings,
+            "initializer_range": config.initializer_range,
+            "attention_dropout": config.attention_dropout,
+            "bos_token_id": config.bos_token_id,
+            "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id,
+        }
+        if config.mlp_bias:
+            fields["mlp_bias"] = True
+        rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+        if config.rope_scaling:
+            scaling = dict(config.rope_scaling)
+            kind = scaling.pop("type", None) or scaling.pop("rope_type", None)
+            rope.update(scaling, rope_type=kind)
+        config_class = type(AutoConfig.for_model(model_type))
+        if "rope_parameters" in inspect.signature(config_class.__init__).parameters:
+            fields["rope_parameters"] = rope
+        else:  # transformers < 5
+            fields["rope_theta"] = config.rope_theta
+            if config.rope_scaling:
+                fields["rope_scaling"] = dict(config.rope_scaling)
+        if model_type in ("mistral", "qwen3"):
+            fields["sliding_window"] = None
+        hf_config = config_class(**fields)
+        if config.mlp_bias and not getattr(hf_config, "mlp_bias", False):
+            raise UnsupportedFeature(f"mlp_bias (the {model_type} family has no MLP biases)")
+        return hf_config
+
+    # --- parameter names ---
+    def to_forgather_name(self, name: str) -> str:
+        for hf, ours in _NORM_NAMES:
+            name = name.replace(hf, ours)
+        return name
+
+    def to_hf_name(self, name: str) -> str:
+        for hf, ours in _NORM_NAMES:
+            name = name.replace(ours, hf)
+        return name
+
+
+LLAMA = register(LlamaFamily("llama", ("llama", "mistral")))
+QWEN3 = register(LlamaFamily("qwen3", ("qwen3",), qk_norm=True))
