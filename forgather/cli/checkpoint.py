@@ -372,11 +372,8 @@ def consolidate_command(
     without forgather installed. The directory is written under a temporary name and renamed
     when complete; OUTPUT must not exist.
     """
-    import shutil
-    import tempfile
-
     from forgather.ml.models.loading import load_causal_lm
-    from forgather.ml.models.save import save_model_dir
+    from forgather.ml.models.save import write_new_model_dir
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(
@@ -392,13 +389,7 @@ def consolidate_command(
     output.parent.mkdir(parents=True, exist_ok=True)
     typer.echo(f"reading {checkpoint} ...", err=True)
     model, tokenizer, _ = load_causal_lm(checkpoint, device="cpu", dtype=dtype)
-    temp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
-        save_model_dir(model, temp, tokenizer=tokenizer)
-        temp.rename(output)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    write_new_model_dir(model, output, tokenizer)
     parameters = sum(p.numel() for p in model.parameters())
     typer.echo(f"wrote {output} ({type(model).__name__}, {parameters:,} parameters, {dtype})")
 

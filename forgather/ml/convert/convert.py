@@ -74,7 +74,7 @@ def convert(
     new directory `dst`; `model_type` forces the Hugging Face family (reading: the converter to
     use; writing: the model_type to write, e.g. "mistral")."""
     from forgather.ml.models.loading import load_causal_lm
-    from forgather.ml.models.save import is_forgather_model, save_model_dir
+    from forgather.ml.models.save import is_forgather_model, write_new_model_dir
 
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -117,7 +117,7 @@ def convert(
     out_dtype = saved_dtype if dtype == "auto" else dtype
     target = target.to(getattr(torch, out_dtype))
     target.config.dtype = out_dtype
-    save_model_dir(target, dst, tokenizer)
+    write_new_model_dir(target, dst, tokenizer)
     say(f"wrote {dst} ({out_dtype})")
     return Conversion(
         direction, converter.name, path, dst, hf_type, parameters, difference, out_dtype

@@ -79,6 +79,30 @@ def save_model_dir(
     return out
 
 
+def write_new_model_dir(
+    model: nn.Module, output_dir: str | os.PathLike, tokenizer: Any = None
+) -> Path:
+    """`save_model_dir` into a directory that must not exist yet (an empty one is taken), written
+    under a temporary name beside it and renamed when complete: a failure leaves nothing behind
+    and never a half-written model directory."""
+    import tempfile
+
+    out = Path(output_dir)
+    if out.exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise FileExistsError(f"{out} already exists; give a new directory")
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_model_dir(model, temp, tokenizer=tokenizer)
+        temp.rename(out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return out
+
+
 def save_model_config(
     model: nn.Module, output_dir: str | os.PathLike, tokenizer: Any = None
 ) -> Path:
