@@ -17,6 +17,7 @@ from forgather.cli import (
     convert,
     dataset,
     explain,
+    finalize,
     generate,
     inspect,
     scaffold,
@@ -121,6 +122,7 @@ tb_command.register(app)
 train.register(app)
 generate.register(app)
 convert.register(app)
+finalize.register(app)
 serve.register(app)
 tls.register(app)
 

@@ -5,7 +5,6 @@ CPU) before anything is written: a difference above the tolerance stops with not
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,27 +38,6 @@ class Conversion:
     dtype: str
 
 
-def source_path(src: str | Path, checkpoint: str | None) -> Path:
-    """SRC itself, or with `checkpoint` the named checkpoint of the run whose output dir is SRC:
-    "latest", "best" (by the run's metric) or a checkpoint directory name."""
-    from forgather.ml.train.checkpoint_format import (
-        best_checkpoint,
-        checkpoints_dir,
-        latest_checkpoint,
-    )
-
-    src = Path(src)
-    if checkpoint is None:
-        return src
-    found = {"latest": latest_checkpoint, "best": best_checkpoint}.get(checkpoint)
-    path = found(src) if found else checkpoints_dir(src) / checkpoint
-    if path is None or not Path(path).is_dir():
-        raise ConversionError(
-            f"--checkpoint {checkpoint}: no such checkpoint in {checkpoints_dir(src)}"
-        )
-    return Path(path)
-
-
 def convert(
     src: str | Path,
     dst: str | Path,
@@ -70,10 +48,10 @@ def convert(
     tolerance: float = 1e-3,
     say: Callable[[str], None] = lambda line: None,
 ) -> Conversion:
-    """Convert the model at `src` (a model directory, or a checkpoint: see `source_path`) into a
-    new directory `dst`; `model_type` forces the Hugging Face family (reading: the converter to
+    """Convert the model at `src` (a model directory or a checkpoint) into a
+    new directory `dst` (`src` with `checkpoint`: see `loading.model_source`); `model_type` forces the Hugging Face family (reading: the converter to
     use; writing: the model_type to write, e.g. "mistral")."""
-    from forgather.ml.models.loading import load_causal_lm
+    from forgather.ml.models.loading import load_causal_lm, model_source, saved_dtype_name
     from forgather.ml.models.save import is_forgather_model, write_new_model_dir
 
     if dtype not in DTYPES:
@@ -81,11 +59,11 @@ def convert(
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"{dst} exists and is not an empty directory; name a new one")
-    path = source_path(src, checkpoint)
+    path = model_source(src, checkpoint)
     source, tokenizer, model_dir = load_causal_lm(
         path, "cpu", "float32", trust_remote_code=False, require_tokenizer=False
     )
-    saved_dtype = _config_dtype(model_dir)
+    saved_dtype = saved_dtype_name(model_dir)
     parameters = sum(p.numel() for p in source.parameters())
     if is_forgather_model(source):
         converter = (
@@ -122,13 +100,6 @@ def convert(
     return Conversion(
         direction, converter.name, path, dst, hf_type, parameters, difference, out_dtype
     )
-
-
-def _config_dtype(model_dir: Path) -> str:
-    """The dtype the source directory's config.json records (float32 when it records none)."""
-    config = json.loads((model_dir / "config.json").read_text())
-    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    return name if name in DTYPES else "float32"
 
 
 def _hf_model(hf_config: Any) -> torch.nn.Module:
@@ -178,4 +149,4 @@ def max_logit_difference(
     return float((a - b).abs().max())
 
 
-__all__ = ["Conversion", "ConversionError", "convert", "max_logit_difference", "source_path"]
+__all__ = ["Conversion", "ConversionError", "convert", "max_logit_difference"]

@@ -109,6 +109,39 @@ def model_name(path: str | Path) -> str:
     return run.name if run is not None else checkpoint.name
 
 
+def model_source(src: str | Path, checkpoint: str | None = None) -> Path:
+    """`src` itself, or with `checkpoint` the named checkpoint of the run whose output directory is
+    `src`: "latest", "best" (by the run's metric) or a checkpoint directory name (checkpoint-800)."""
+    from forgather.ml.train.checkpoint_format import (
+        best_checkpoint,
+        checkpoints_dir,
+        latest_checkpoint,
+    )
+
+    src = Path(src)
+    if checkpoint is None:
+        return src
+    pick = {"latest": latest_checkpoint, "best": best_checkpoint}.get(checkpoint)
+    path = pick(src) if pick else checkpoints_dir(src) / checkpoint
+    if path is None and checkpoint == "best" and latest_checkpoint(src) is not None:
+        raise ModelNotFoundError(
+            f"--checkpoint best: no checkpoint in {checkpoints_dir(src)} records an eval_loss "
+            "(the run did not evaluate when it saved); name one, or use latest"
+        )
+    if path is None or not Path(path).is_dir():
+        raise ModelNotFoundError(
+            f"--checkpoint {checkpoint}: no such checkpoint in {checkpoints_dir(src)}"
+        )
+    return Path(path)
+
+
+def saved_dtype_name(model_dir: Path) -> str:
+    """The dtype a model directory's config.json records ("float32" when it records none)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
 def resolve_device(device: str) -> str:
     """``auto`` is the first CUDA device when there is one, else the CPU."""
     if device != "auto":

@@ -11,8 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from forgather.cli.main import app
-from forgather.ml.convert.convert import ConversionError, convert
+from forgather.ml.convert.convert import convert
 from forgather.ml.convert.registry import UnsupportedFeature
+from forgather.ml.models.loading import ModelNotFoundError
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +108,7 @@ def test_dtype_and_checkpoint_choice(tmp_path):
     with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}  # noqa: SIM118
         assert dtypes == {torch.bfloat16}
-    with pytest.raises(ConversionError, match="--checkpoint checkpoint-9: no such checkpoint"):
+    with pytest.raises(ModelNotFoundError, match="--checkpoint checkpoint-9: no such checkpoint"):
         convert(tmp_path / "run", tmp_path / "other", checkpoint="checkpoint-9")
 
 

@@ -1,0 +1,58 @@
+"""`forgather finalize SRC DST`: a clean handoff model directory from a run or checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+HELP = """Write the model directory you hand over: the chosen weights, config, source, tokenizer
+(optionally with a chat template) and generation config — no training state.
+
+The directory loads with plain transformers (AutoModelForCausalLM.from_pretrained(DST,
+trust_remote_code=True) for a forgather model); it is loaded back and compared before the command
+ends. Examples:
+
+  forgather finalize out/run1 release/run1 --checkpoint best --dtype bfloat16
+
+  forgather finalize out/run1/checkpoints/checkpoint-800 release/chat --chat-template chatml.jinja
+"""
+
+
+def finalize(
+    src: Annotated[
+        Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
+    ],
+    dst: Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="SRC is a run's output directory: take its latest, best or named checkpoint "
+            "(e.g. checkpoint-800)."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Weights' dtype: auto (the source's), float32, bfloat16, float16."),
+    ] = "auto",
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(help="A Jinja chat template file for the tokenizer (checked by rendering)."),
+    ] = None,
+) -> None:
+    from forgather.ml.models.finalize import finalize as run
+
+    done = run(
+        src,
+        dst,
+        checkpoint=checkpoint,
+        dtype=dtype,
+        chat_template=chat_template,
+        say=lambda line: typer.echo(f"forgather: {line}", err=True),
+    )
+    typer.echo(str(done.destination))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finalize", help=HELP)(finalize)
