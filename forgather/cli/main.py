@@ -24,6 +24,7 @@ from forgather.cli import (
     serve,
     tls,
     train,
+    vocab,
 )
 from forgather.cli import tb as tb_command  # `tb` is the traceback module here
 from forgather.cli.common import State
@@ -123,6 +124,7 @@ train.register(app)
 generate.register(app)
 convert.register(app)
 finalize.register(app)
+vocab.register(app)
 serve.register(app)
 tls.register(app)
 
