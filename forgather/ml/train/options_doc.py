@@ -58,7 +58,9 @@ trainer.close()                        # leave the process group (under torchrun
   `forgather.ml.optim.make_optimizer`), otherwise as `optimizer_factory(params)` with a list of the
   trainable parameters (so `!partial:torch.optim:AdamW {lr: 3.0e-4}` works).
 - `lr_scheduler_factory(optimizer=optimizer, num_training_steps=max_steps)`, e.g.
-  `!partial:forgather.ml.optim:get_lr_scheduler {name: cosine, num_warmup_steps: 100}`.
+  `!partial:forgather.ml.optim:get_lr_scheduler {name: cosine, num_warmup_steps: 100}`; a factory
+  that takes no `num_training_steps` gets the optimizer alone, so a torch scheduler works as it
+  is: `!partial:torch.optim.lr_scheduler:StepLR {step_size: 1000, gamma: 0.5}`.
 - `compute_loss_func(outputs, labels) -> loss` replaces the default shifted causal-LM cross-entropy
   (ignore index -100). The trainer pops `labels` from the batch (default: `input_ids`) and never
   passes them to the model.

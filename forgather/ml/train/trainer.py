@@ -102,7 +102,9 @@ class Trainer:
       `(name, parameter)` pairs when its first parameter is named `named_parameters`, else as
       `optimizer_factory(params)` with a list of the trainable parameters (so `torch.optim.AdamW` as a
       partial works). Default: AdamW (or SGD) from `args`, no weight decay on biases and norms.
-    - `lr_scheduler_factory(optimizer=optimizer, num_training_steps=max_steps)`; default:
+    - `lr_scheduler_factory(optimizer=optimizer, num_training_steps=max_steps)` (the steps only
+      when it takes them: a torch scheduler such as `!partial:torch.optim.lr_scheduler:StepLR`
+      gets the optimizer alone); default:
       `get_lr_scheduler(args.lr_scheduler_type, ...)` with the warmup from `args`.
     - `compute_loss_func(outputs, labels) -> loss`: replaces the default shifted causal-LM
       cross-entropy. Either way `labels` (default: `input_ids`) are popped from the batch, not passed
@@ -157,7 +159,8 @@ class Trainer:
         # Training and evaluation never decode: a model that would build a KV cache (Hugging Face
         # models do by default, even in training) is told not to (memory, and a compiled block
         # would otherwise be specialised to its layer's cache entry).
-        self._no_cache = {"use_cache": False} if _accepts(self.model, "use_cache") else {}
+        forward = unwrap_model(self.model).forward
+        self._no_cache = {"use_cache": False} if _accepts(forward, "use_cache") else {}
         self.callback_handler = CallbackHandler(callbacks or [])
         self.checkpoint_metadata: dict[str, Any] = {}
 
@@ -545,8 +548,10 @@ class Trainer:
 
     def _create_scheduler(self, max_steps: int) -> Any:
         args = self.args
-        if self.lr_scheduler_factory is not None:
-            return self.lr_scheduler_factory(optimizer=self.optimizer, num_training_steps=max_steps)
+        factory = self.lr_scheduler_factory
+        if factory is not None:  # a torch scheduler takes no num_training_steps: give it its own
+            steps = {"num_training_steps": max_steps} if _accepts(factory, "num_training_steps") else {}
+            return factory(optimizer=self.optimizer, **steps)
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
         return get_lr_scheduler(
             args.lr_scheduler_type, self.optimizer, warmup, max_steps, **args.lr_scheduler_kwargs
@@ -880,15 +885,20 @@ def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
     return torch.tensor(batch["input_ids"].numel())
 
 
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    """Whether the (unwrapped) model's forward takes a keyword argument `name`."""
-    import inspect
-
+def _accepts(function: Callable, name: str) -> bool:
+    """Whether `function` takes a keyword argument `name` (looking through `!partial` wrappers,
+    whose own signature is `*args, **kwargs`); False when it cannot be told."""
     try:
-        parameters = inspect.signature(unwrap_model(model).forward).parameters
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
-    return name in parameters
+    if name in parameters:
+        return parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+    if hasattr(function, "func") and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        return _accepts(function.func, name)  # a config `!partial`: look at its target
+    return False
 
 
 def _first_parameter_name(factory: Callable) -> str | None:

@@ -775,3 +775,19 @@ def test_regional_compile_of_a_model_without_blocks_is_one_clear_error(tmp_path)
     with pytest.raises(ValueError, match="torch_compile_scope=blocks: Sequential has no repeated"):
         trainer.train()
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_torch_scheduler_partial_from_a_config_is_a_scheduler_factory(tmp_path):
+    """`lr_scheduler_factory: !partial:torch.optim.lr_scheduler:StepLR` works: a factory that takes
+    no `num_training_steps` is called with the optimizer alone."""
+    from forgather.config.graph import load_config_string
+    from forgather.config.materialize import materialize
+
+    text = "scheduler: !partial:torch.optim.lr_scheduler:StepLR\n  step_size: 2\n  gamma: 0.5\n"
+    factory = materialize(load_config_string(text).target("scheduler"))
+    trainer = make_trainer(tmp_path, max_steps=5, warmup_steps=0, learning_rate=0.08)
+    trainer.lr_scheduler_factory = factory
+    state = trainer.train()
+    assert type(trainer.lr_scheduler).__name__ == "StepLR"
+    rates = [r["learning_rate"] for r in state.log_history if "learning_rate" in r]
+    assert rates == pytest.approx([0.08, 0.08, 0.04, 0.04, 0.02][: len(rates)]) and len(rates) == 5
