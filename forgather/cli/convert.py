@@ -9,9 +9,10 @@ import typer
 
 HELP = """Convert a model between Hugging Face and forgather (the direction follows from SRC).
 
-A Hugging Face directory (Llama, Mistral without a sliding window, Qwen3) becomes a forgather model
-directory; a forgather model directory or checkpoint becomes a Hugging Face one (Llama unless
---model-type says e.g. mistral; a model with query/key norms becomes Qwen3). The converted
+A Hugging Face directory (Llama, Mistral without a sliding window, Qwen3, GPT-2) becomes a
+forgather model directory; a forgather model directory or checkpoint becomes a Hugging Face one
+(the family its architecture matches: Llama unless --model-type says e.g. mistral, Qwen3 with
+query/key norms, GPT-2 with learned positions and LayerNorm). The converted
 model's logits on a prompt are compared with the source's before anything is written, and the
 largest difference is printed. Examples:
 
@@ -41,7 +42,7 @@ def convert(
         str | None,
         typer.Option(
             help="The Hugging Face family: reading, the converter to use; writing, the model_type "
-            "to write (llama, mistral, qwen3)."
+            "to write (llama, mistral, qwen3, gpt2)."
         ),
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="Text whose logits are compared.")] = None,

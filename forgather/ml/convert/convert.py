@@ -72,7 +72,7 @@ def convert(
         hf_type = model_type or converter.hf_model_types[0]
         say(f"reading {path}: a forgather model, {parameters:,} parameters")
         target = _hf_model(converter.from_forgather_config(source.config, hf_type))
-        rename, direction = converter.to_hf_name, "forgather -> hf"
+        transform, direction = converter.to_hf_state, "forgather -> hf"
     else:
         hf_type = source.config.model_type
         converter = registry.for_hf(model_type or hf_type)
@@ -81,8 +81,8 @@ def convert(
 
         fields = converter.to_forgather_config(source.config)
         target = ForgatherForCausalLM(ForgatherConfig(**fields)).float()
-        rename, direction = converter.to_forgather_name, "hf -> forgather"
-    _copy_weights(source, target, rename)
+        transform, direction = converter.to_forgather_state, "hf -> forgather"
+    _copy_weights(source, target, transform)
     target.generation_config = source.generation_config
     target.eval()
     difference = max_logit_difference(source, target, tokenizer, prompt)
@@ -108,8 +108,8 @@ def _hf_model(hf_config: Any) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
 
-def _copy_weights(source: torch.nn.Module, target: torch.nn.Module, rename: Callable) -> None:
-    state = {rename(name): tensor for name, tensor in source.state_dict().items()}
+def _copy_weights(source: torch.nn.Module, target: torch.nn.Module, transform: Callable) -> None:
+    state = transform(source.state_dict())
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))

@@ -157,16 +157,19 @@ class LlamaFamily:
             raise UnsupportedFeature(f"mlp_bias (the {model_type} family has no MLP biases)")
         return hf_config
 
-    # --- parameter names ---
-    def to_forgather_name(self, name: str) -> str:
-        for hf, ours in _NORM_NAMES:
-            name = name.replace(hf, ours)
-        return name
+    # --- parameters: the same tensors, two norms renamed ---
+    def to_forgather_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {_rename(name, _NORM_NAMES): tensor for name, tensor in state.items()}
 
-    def to_hf_name(self, name: str) -> str:
-        for hf, ours in _NORM_NAMES:
-            name = name.replace(ours, hf)
-        return name
+    def to_hf_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        reverse = tuple((ours, hf) for hf, ours in _NORM_NAMES)
+        return {_rename(name, reverse): tensor for name, tensor in state.items()}
+
+
+def _rename(name: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    for old, new in pairs:
+        name = name.replace(old, new)
+    return name
 
 
 LLAMA = register(LlamaFamily("llama", ("llama", "mistral")))

@@ -1,7 +1,8 @@
 """Converters between a Hugging Face model family and forgather's causal LM, registered by name.
 
 A converter maps a family's config to forgather's config fields (naming every feature it cannot
-carry), builds the family's config back from a forgather one, and renames parameters both ways.
+carry), builds the family's config back from a forgather one, and maps the state dict both ways
+(renaming, and where the layouts differ, splitting or transposing tensors).
 `register(converter)` adds one (a project's own included); `for_hf(model_type)` and
 `for_forgather(config)` find the one to use.
 """
@@ -35,9 +36,13 @@ class Converter(Protocol):
         """Whether this family can express the forgather model `config`."""
         ...
 
-    def to_forgather_name(self, name: str) -> str: ...
+    def to_forgather_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The forgather model's state dict from the Hugging Face one (renamed, split, ...)."""
+        ...
 
-    def to_hf_name(self, name: str) -> str: ...
+    def to_hf_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The Hugging Face model's state dict from the forgather one."""
+        ...
 
 
 _CONVERTERS: dict[str, Converter] = {}
@@ -91,7 +96,7 @@ def for_forgather(config: Any) -> Converter:
 
 
 def _load_builtins() -> None:
-    from forgather.ml.convert import llama  # noqa: F401 (registers itself)
+    from forgather.ml.convert import gpt2, llama  # noqa: F401 (they register themselves)
 
 
 __all__ = ["Converter", "UnsupportedFeature", "for_forgather", "for_hf", "get", "names", "register"]

@@ -35,6 +35,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": "tiny_llama_4m", "layer_type": "deepnet", "norm": "layernorm",
         "num_hidden_layers": 8,
     },
+    # GPT-2: pre-LN LayerNorm, learned absolute positions, GELU MLP, biases, tied head
+    "tiny_gpt2": {
+        "base": "tiny_llama_4m", "norm": "layernorm", "feedforward": "mlp",
+        "hidden_act": "gelu_new", "intermediate_size": 1024, "positional_encoding": "learned",
+        "attention_bias": True, "mlp_bias": True,
+    },
     # ~110M: the shape of the GPU benchmarks (docs/performance.md)
     "llama_110m": {
         "base": "tiny_llama_4m", "vocab_size": 32000, "hidden_size": 768,
@@ -58,6 +64,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
         "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 32768,
         "rope_theta": 1000000.0, "tie_word_embeddings": False,
+    },
+    "gpt2_124m": {
+        "base": "tiny_gpt2", "vocab_size": 50257, "hidden_size": 768, "intermediate_size": 3072,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
+        "max_position_embeddings": 1024,
     },
     "qwen3_0_6b": {
         "base": "tiny_llama_4m", "vocab_size": 151936, "hidden_size": 1024,

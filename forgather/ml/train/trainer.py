@@ -550,7 +550,9 @@ class Trainer:
         args = self.args
         factory = self.lr_scheduler_factory
         if factory is not None:  # a torch scheduler takes no num_training_steps: give it its own
-            steps = {"num_training_steps": max_steps} if _accepts(factory, "num_training_steps") else {}
+            steps = (
+                {"num_training_steps": max_steps} if _accepts(factory, "num_training_steps") else {}
+            )
             return factory(optimizer=self.optimizer, **steps)
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
         return get_lr_scheduler(

@@ -1,4 +1,4 @@
-"""`forgather convert`: Hugging Face Llama / Mistral / Qwen3 directories to forgather and back, with
+"""`forgather convert`: Hugging Face Llama / Mistral / Qwen3 / GPT-2 directories to forgather and back, with
 equal logits and greedy text; the features a family cannot carry named; nothing written on error."""
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ def hf_dir(tmp_path, family: str, **overrides):
     """A randomly initialised Hugging Face model of `family`, saved locally (no hub)."""
     import transformers
 
+    if family == "gpt2":
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+            bos_token_id=0, eos_token_id=0, **overrides,
+        )  # fmt: skip
+        path = tmp_path / family
+        transformers.GPT2LMHeadModel(config).save_pretrained(path)
+        return path
     config_class, model_class = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
@@ -69,6 +78,7 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 1, 64, 128, 33, 21, 8, 2, 11, 19,
         ("llama", {"tie_word_embeddings": True}, "mistral"),
         ("qwen3", {"head_dim": 16, "tie_word_embeddings": True}, "qwen3"),
         ("mistral", {"sliding_window": None}, "mistral"),
+        ("gpt2", {}, "gpt2"),
     ],
 )
 def test_round_trip_keeps_the_logits_and_the_greedy_text(tmp_path, family, overrides, back_as):
@@ -122,6 +132,7 @@ def test_dtype_and_checkpoint_choice(tmp_path):
             {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
             "rope scaling 'dynamic'",
         ),
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=true"),
     ],
 )
 def test_a_feature_the_target_lacks_is_named_and_nothing_is_written(
@@ -143,9 +154,16 @@ def test_the_command_prints_the_difference_and_refuses_bad_input_in_one_line(tmp
     again = runner.invoke(app, ["convert", str(source), str(tmp_path / "fg")])
     assert again.exit_code == 1
     assert "error: " in again.output and "is not an empty directory; name a new one" in again.output
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
-    unknown = runner.invoke(app, ["convert", str(gpt2), str(tmp_path / "x")])
-    assert unknown.exit_code == 1 and "error: " in unknown.output
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    neox = tmp_path / "neox"
+    GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64)
+    ).save_pretrained(neox)  # fmt: skip
+    unknown = runner.invoke(app, ["convert", str(neox), str(tmp_path / "x")])
+    assert unknown.exit_code == 1
+    assert "model_type 'gpt_neox' has no converter; known: gpt2, llama, mistral, qwen3" in (
+        unknown.output
+    )
     assert not (tmp_path / "x").exists()

@@ -18,6 +18,7 @@ PUBLIC = {
     "llama3_2_1b": ("llama", 1_235_814_400),
     "mistral_7b": ("mistral", 7_248_023_552),
     "qwen3_0_6b": ("qwen3", 596_049_920),
+    "gpt2_124m": ("gpt2", 124_439_808),
 }
 
 
@@ -39,6 +40,8 @@ def test_public_shapes_match_their_checkpoints(name):
     expected = preset(name)
     for key in ("hidden_size", "num_hidden_layers", "num_key_value_heads", "head_dim", "qk_norm"):
         assert fields[key] == expected.get(key, getattr(config, key)), key
+    if config.positional_encoding != "rope":
+        return
     assert fields["rope_theta"] == config.rope_theta
     assert (fields["rope_scaling"] or None) == (
         {k: v for k, v in config.rope_scaling.items() if k != "type"} | {"rope_type": "llama3"}
@@ -47,7 +50,9 @@ def test_public_shapes_match_their_checkpoints(name):
     )
 
 
-@pytest.mark.parametrize("name", ["tiny_llama_4m", "tiny_qwen3", "tiny_mistral", "tiny_deepnet"])
+@pytest.mark.parametrize(
+    "name", ["tiny_llama_4m", "tiny_qwen3", "tiny_mistral", "tiny_deepnet", "tiny_gpt2"]
+)
 def test_cpu_sized_presets_train_save_and_reload(name, tmp_path):
     from transformers import AutoModelForCausalLM
 

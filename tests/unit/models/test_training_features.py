@@ -201,7 +201,7 @@ def test_config_defaults_and_validation():
         dict(norm="batchnorm"),
         dict(layer_type="sandwich"),
         dict(feedforward="moe"),
-        dict(positional_encoding="learned"),
+        dict(positional_encoding="relative"),
         dict(attention_backend="flash"),
         dict(init_scheme="zeros"),
         dict(num_key_value_heads=3),

@@ -14,7 +14,7 @@ from transformers import PretrainedConfig
 NORMS = ("rmsnorm", "layernorm")
 LAYER_TYPES = ("pre_ln", "post_ln", "deepnet")
 FEEDFORWARDS = ("swiglu", "mlp")
-POSITIONAL_ENCODINGS = ("rope", "alibi", "sinusoidal", "none")
+POSITIONAL_ENCODINGS = ("rope", "alibi", "sinusoidal", "learned", "none")
 ROPE_SCALING_TYPES = ("linear", "llama3", "ntk_by_parts", "yarn")
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex")
 INIT_SCHEMES = ("normal", "scaled", "small_init", "deepnet")

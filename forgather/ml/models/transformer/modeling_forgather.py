@@ -24,7 +24,11 @@ from .configuration_forgather import ForgatherConfig
 from .layers import make_layer
 from .loss import causal_lm_loss, linear_cross_entropy
 from .norms import LayerNorm, RMSNorm, make_norm
-from .positional import RotaryEmbedding, SinusoidalPositionalEmbedding
+from .positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+)
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 # transformers renamed the cache argument/output field from ``past_key_values`` to ``cache``.
@@ -112,9 +116,13 @@ class ForgatherModel(ForgatherPreTrainedModel):
             if pe == "rope"
             else None
         )
-        self.absolute_positions = (
-            SinusoidalPositionalEmbedding(config.hidden_size) if pe == "sinusoidal" else None
-        )
+        self.absolute_positions: nn.Module | None = None
+        if pe == "sinusoidal":
+            self.absolute_positions = SinusoidalPositionalEmbedding(config.hidden_size)
+        elif pe == "learned":
+            self.absolute_positions = LearnedPositionalEmbedding(
+                config.max_position_embeddings, config.hidden_size
+            )
         self.gradient_checkpointing = bool(config.activation_checkpointing)
         self._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
         # with activation checkpointing on: recompute every k-th layer only (1: every layer)

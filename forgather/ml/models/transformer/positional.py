@@ -153,6 +153,14 @@ def sinusoidal_embedding(
     return out
 
 
+class LearnedPositionalEmbedding(nn.Embedding):
+    """Adds a learned absolute position embedding for ``position_ids`` (GPT-2's ``wpe``): one
+    trained row per position up to ``max_position_embeddings``."""
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(position_ids).to(dtype)
+
+
 class SinusoidalPositionalEmbedding(nn.Module):
     """Adds sinusoidal absolute position embeddings for ``position_ids`` (no parameters)."""
 
