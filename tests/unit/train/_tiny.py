@@ -178,12 +178,30 @@ def launch(
     )
 
 
+# On this 2-core machine under load, a rank of a gloo job now and then dies at start-up in torch's
+# C++ (std::terminate from a thread, SIGABRT, no Python error), before the trainer logs anything.
+# That is not what these tests check, so such a start is made once more (and says so); an abort
+# after the first logged step, or any other failure, fails the test as before.
+UPSTREAM_ABORT = "terminate called without an active exception"
+
+
 def run(args: dict, records, **kwargs) -> str:
     """Run `run_trainer` to completion and return its output; fail with it if it fails."""
     process = launch(args, records, **kwargs)
     output, _ = process.communicate(timeout=300)
+    if process.returncode != 0 and UPSTREAM_ABORT in output and not _logged(records):
+        print(
+            f"run_trainer aborted in torch's C++ before its first step; starting again:\n{output}"
+        )
+        process = launch(args, records, **kwargs)
+        output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-4000:]
     return output
+
+
+def _logged(records: str | os.PathLike) -> bool:
+    path = Path(records)
+    return path.exists() and bool(path.read_text().strip())
 
 
 def kill_9(process) -> None:
