@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,29 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from forgather.project import MetaConfig, Project
+
+# The arguments of the commands that write a new model directory from another (convert, finalize,
+# update-vocab): one definition, so they read and behave alike.
+ModelSource = Annotated[
+    Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
+]
+NewModelDir = Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")]
+CheckpointChoice = Annotated[
+    str | None,
+    typer.Option(
+        help="SRC is a run's output directory: take its latest, best or named checkpoint "
+        "(e.g. checkpoint-800)."
+    ),
+]
+WeightsDtype = Annotated[
+    str, typer.Option(help="Weights' dtype: auto (the source's), float32, bfloat16, float16.")
+]
+
+
+def progress(line: str) -> None:
+    """A `forgather:` progress line on stderr (stdout keeps the command's result)."""
+    typer.echo(f"forgather: {line}", err=True)
+
 
 # Commands that load a config take trailing overrides and the config's declared flags, which Typer
 # does not know: they arrive in `ctx.args`.

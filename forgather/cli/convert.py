@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from forgather.cli import common
 
 HELP = """Convert a model between Hugging Face and forgather (the direction follows from SRC).
 
@@ -23,21 +24,10 @@ largest difference is printed. Examples:
 
 
 def convert(
-    src: Annotated[
-        Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
-    ],
-    dst: Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")],
-    dtype: Annotated[
-        str,
-        typer.Option(help="Weights' dtype: auto (the source's), float32, bfloat16, float16."),
-    ] = "auto",
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="SRC is a run's output directory: convert its latest, best or named checkpoint "
-            "(e.g. checkpoint-800)."
-        ),
-    ] = None,
+    src: common.ModelSource,
+    dst: common.NewModelDir,
+    dtype: common.WeightsDtype = "auto",
+    checkpoint: common.CheckpointChoice = None,
     model_type: Annotated[
         str | None,
         typer.Option(
@@ -53,7 +43,6 @@ def convert(
     from forgather.ml.convert.convert import DEFAULT_PROMPT
     from forgather.ml.convert.convert import convert as run
 
-    say = lambda line: typer.echo(f"forgather: {line}", err=True)  # noqa: E731
     done = run(
         src,
         dst,
@@ -62,7 +51,7 @@ def convert(
         model_type=model_type,
         prompt=prompt or DEFAULT_PROMPT,
         tolerance=tolerance,
-        say=say,
+        say=common.progress,
     )
     typer.echo(str(done.destination))
 

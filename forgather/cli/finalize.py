@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from forgather.cli import common
+
 HELP = """Write the model directory you hand over: the chosen weights, config, source, tokenizer
 (optionally with a chat template) and generation config — no training state.
 
@@ -21,21 +23,10 @@ ends. Examples:
 
 
 def finalize(
-    src: Annotated[
-        Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
-    ],
-    dst: Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")],
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="SRC is a run's output directory: take its latest, best or named checkpoint "
-            "(e.g. checkpoint-800)."
-        ),
-    ] = None,
-    dtype: Annotated[
-        str,
-        typer.Option(help="Weights' dtype: auto (the source's), float32, bfloat16, float16."),
-    ] = "auto",
+    src: common.ModelSource,
+    dst: common.NewModelDir,
+    checkpoint: common.CheckpointChoice = None,
+    dtype: common.WeightsDtype = "auto",
     chat_template: Annotated[
         Path | None,
         typer.Option(help="A Jinja chat template file for the tokenizer (checked by rendering)."),
@@ -49,7 +40,7 @@ def finalize(
         checkpoint=checkpoint,
         dtype=dtype,
         chat_template=chat_template,
-        say=lambda line: typer.echo(f"forgather: {line}", err=True),
+        say=common.progress,
     )
     typer.echo(str(done.destination))
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from forgather.cli import common
+
 HELP = """Add tokens to a model and its tokenizer, resizing the embedding and head.
 
 FILE.yaml names special tokens (never split), ordinary tokens, the tokenizer's pad/bos/eos/unk
@@ -26,19 +28,12 @@ with chatml.yaml:
 
 
 def update_vocab(
-    src: Annotated[
-        Path, typer.Argument(help="A model directory, a checkpoint, or (with --checkpoint) a run.")
-    ],
-    dst: Annotated[Path, typer.Argument(help="A new (or empty) directory for the result.")],
+    src: common.ModelSource,
+    dst: common.NewModelDir,
     add_tokens: Annotated[
         Path, typer.Option("--add-tokens", help="The YAML file naming the tokens to add.")
     ],
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="SRC is a run's output directory: take its latest, best or named checkpoint."
-        ),
-    ] = None,
+    checkpoint: common.CheckpointChoice = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -54,7 +49,7 @@ def update_vocab(
         add_tokens,
         checkpoint=checkpoint,
         init=init,
-        say=lambda line: typer.echo(f"forgather: {line}", err=True),
+        say=common.progress,
     )
     typer.echo(str(done.destination))
 

@@ -17,7 +17,6 @@ from forgather.ml.convert import registry
 from forgather.ml.convert.registry import UnsupportedFeature
 
 DEFAULT_PROMPT = "It is a truth universally acknowledged, that a single man in possession"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ConversionError(ForgatherError):
@@ -51,14 +50,20 @@ def convert(
     """Convert the model at `src` (a model directory or a checkpoint) into a
     new directory `dst` (`src` with `checkpoint`: see `loading.model_source`); `model_type` forces the Hugging Face family (reading: the converter to
     use; writing: the model_type to write, e.g. "mistral")."""
-    from forgather.ml.models.loading import load_causal_lm, model_source, saved_dtype_name
-    from forgather.ml.models.save import is_forgather_model, write_new_model_dir
+    from forgather.ml.models.loading import (
+        check_dtype,
+        load_causal_lm,
+        model_source,
+        saved_dtype_name,
+    )
+    from forgather.ml.models.save import (
+        check_new_model_dir,
+        is_forgather_model,
+        write_new_model_dir,
+    )
 
-    if dtype not in DTYPES:
-        raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ConversionError(f"{dst} exists and is not an empty directory; name a new one")
+    check_dtype(dtype)
+    dst = check_new_model_dir(dst)
     path = model_source(src, checkpoint)
     source, tokenizer, model_dir = load_causal_lm(
         path, "cpu", "float32", trust_remote_code=False, require_tokenizer=False
@@ -135,7 +140,10 @@ def _copy_weights(source: torch.nn.Module, target: torch.nn.Module, transform: C
 
 
 def max_logit_difference(
-    source: torch.nn.Module, target: torch.nn.Module, tokenizer: Any, prompt: str
+    source: torch.nn.Module,
+    target: torch.nn.Module,
+    tokenizer: Any = None,
+    prompt: str = DEFAULT_PROMPT,
 ) -> float:
     """The largest absolute difference of the two models' logits on `prompt` (token ids
     0..15 when there is no tokenizer)."""

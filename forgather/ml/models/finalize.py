@@ -15,7 +15,6 @@ import torch
 
 from forgather.errors import ForgatherError
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLE_CONVERSATION = [
     {"role": "system", "content": "You are helpful."},
     {"role": "user", "content": "Hello?"},
@@ -63,14 +62,16 @@ def finalize(
 ) -> Finalized:
     """Write the handoff directory `dst` for the model at `src` (a model directory, a checkpoint,
     or with `checkpoint` a run's output directory: see `loading.model_source`)."""
-    from forgather.ml.models.loading import load_causal_lm, model_source, saved_dtype_name
-    from forgather.ml.models.save import write_new_model_dir
+    from forgather.ml.models.loading import (
+        check_dtype,
+        load_causal_lm,
+        model_source,
+        saved_dtype_name,
+    )
+    from forgather.ml.models.save import check_new_model_dir, write_new_model_dir
 
-    if dtype not in DTYPES:
-        raise FinalizeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FinalizeError(f"{dst} already exists; give a new directory")
+    check_dtype(dtype)
+    dst = check_new_model_dir(dst)
     path = model_source(src, checkpoint)
     model, tokenizer, model_dir = load_causal_lm(path, "cpu", "float32", require_tokenizer=False)
     template = read_chat_template(Path(chat_template), tokenizer) if chat_template else None
@@ -93,14 +94,12 @@ def _reload_difference(model: torch.nn.Module, directory: Path) -> float:
     `transformers` (its own copied code for a forgather model)."""
     from transformers import AutoModelForCausalLM
 
+    from forgather.ml.convert.convert import max_logit_difference
+
     loaded = AutoModelForCausalLM.from_pretrained(
         directory, trust_remote_code=True, dtype=next(model.parameters()).dtype
     ).eval()
-    ids = torch.arange(16, dtype=torch.long).remainder(model.config.vocab_size)[None]
-    with torch.no_grad():
-        a = model.eval()(input_ids=ids).logits.float()
-        b = loaded(input_ids=ids).logits.float()
-    return float((a - b).abs().max())
+    return max_logit_difference(model.eval(), loaded)
 
 
 __all__ = ["Finalized", "FinalizeError", "finalize", "read_chat_template"]

@@ -151,12 +151,18 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_dtype(dtype: str) -> str:
+    """`dtype` when it is one of `DTYPES` (the `--dtype` values), else one clear error."""
+    if dtype not in DTYPES:
+        raise ForgatherError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
 def resolve_dtype(dtype: str, device: str, config_dtype: Any = None) -> Any:
     """The torch dtype to run in: ``auto`` is the saved dtype on GPUs and float32 on the CPU."""
     import torch
 
-    if dtype not in DTYPES:
-        raise ForgatherError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.startswith("cpu"):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from forgather.errors import ForgatherError
 from forgather.ml.unwrap import model_class_name, unwrap_model
 
 from .transformer import ForgatherConfig
@@ -79,6 +80,19 @@ def save_model_dir(
     return out
 
 
+class ModelDirExists(ForgatherError):
+    """The directory a new model directory was to be written to is taken."""
+
+
+def check_new_model_dir(output_dir: str | os.PathLike) -> Path:
+    """`output_dir` when it does not exist or is an empty directory, else one clear error (commands
+    call it before their work, so a taken destination costs nothing)."""
+    out = Path(output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelDirExists(f"{out} already exists; give a new directory")
+    return out
+
+
 def write_new_model_dir(
     model: nn.Module, output_dir: str | os.PathLike, tokenizer: Any = None
 ) -> Path:
@@ -87,10 +101,8 @@ def write_new_model_dir(
     and never a half-written model directory."""
     import tempfile
 
-    out = Path(output_dir)
+    out = check_new_model_dir(output_dir)
     if out.exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise FileExistsError(f"{out} already exists; give a new directory")
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -102,16 +102,14 @@ def update_vocab(
 ) -> VocabUpdate:
     """Add the tokens of `add_tokens` to the model at `src` and write the result to `dst`."""
     from forgather.ml.models.loading import load_causal_lm, model_source, saved_dtype_name
-    from forgather.ml.models.save import write_new_model_dir
+    from forgather.ml.models.save import check_new_model_dir, write_new_model_dir
 
     spec = read_spec(add_tokens)
     if init is not None:
         if init not in INITS:
             raise VocabError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
         spec.init = init
-    dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise VocabError(f"{dst} already exists; give a new directory")
+    dst = check_new_model_dir(dst)
     path = model_source(src, checkpoint)
     model, tokenizer, model_dir = load_causal_lm(path, "cpu", "float32", require_tokenizer=False)
     if tokenizer is None:
@@ -143,21 +141,18 @@ def _grow_embeddings(model: Any, size: int, new_ids: list[int], init: str) -> No
     old_rows = embedding.weight.shape[0]
     if size > old_rows:
         model.resize_token_embeddings(size, mean_resizing=False)
-    known = [i for i in range(min(old_rows, size)) if i not in set(new_ids)]
+    fresh = set(new_ids)
+    known = [i for i in range(min(old_rows, size)) if i not in fresh]
+    # rows indexed by token id: the embedding, and an untied head's weight and bias
     tables = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()
     if head is not None and head.weight is not tables[0]:
         tables.append(head.weight)
+        if getattr(head, "bias", None) is not None:
+            tables.append(head.bias)
     with torch.no_grad():
-        for weight in tables:
-            fill = weight[known].mean(0) if init == "mean" else torch.zeros_like(weight[0])
-            weight[new_ids] = fill
-            if (
-                head is not None
-                and weight is head.weight
-                and getattr(head, "bias", None) is not None
-            ):
-                head.bias[new_ids] = head.bias[known].mean() if init == "mean" else 0.0
+        for table in tables:
+            table[new_ids] = table[known].mean(0) if init == "mean" else 0.0
 
 
 def _update_token_ids(model: Any, tokenizer: Any, spec: VocabSpec, source: str | Path) -> None:

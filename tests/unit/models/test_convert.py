@@ -153,7 +153,7 @@ def test_the_command_prints_the_difference_and_refuses_bad_input_in_one_line(tmp
     assert done.output.strip().endswith(str(tmp_path / "fg"))
     again = runner.invoke(app, ["convert", str(source), str(tmp_path / "fg")])
     assert again.exit_code == 1
-    assert "error: " in again.output and "is not an empty directory; name a new one" in again.output
+    assert "error: " in again.output and "already exists; give a new directory" in again.output
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     neox = tmp_path / "neox"
