@@ -17,11 +17,18 @@ between rows):
 * `trainer_fused`  the same with the fused linear cross-entropy (`fused_loss: auto`: Liger's kernel
                    when `liger-kernel` is installed, else the chunked PyTorch loop);
 * `trainer_fused_torch` the same with `fused_loss: torch` (only when Liger is installed);
-* `trainer_fused_obw` `trainer_fused` plus `optimizer_in_backward` (no clipping: `max_grad_norm: null`).
+* `trainer_fused_obw` `trainer_fused` plus `optimizer_in_backward` (no clipping: `max_grad_norm: null`);
+* `trainer_fp8`    `trainer_fused` plus `fp8: tensorwise` (torchao float8 linear layers; only on a
+                   GPU of compute capability 8.9+ with torchao installed).
 
 `--ablation` runs the trainer from fp32 weights and compute in eager mode (`abl_fp32_eager`), then adds
-bf16 autocast, activation checkpointing, the fused loss, `torch.compile` and the optimizer step in
-the backward pass one at a time (`abl_*`), each row's ratios taken against the first.
+bf16 autocast, activation checkpointing, the fused loss, `torch.compile`, the optimizer step in
+the backward pass and FP8 one at a time (`abl_*`), each row's ratios taken against the first row
+that ran. A row that runs out of GPU memory is reported as such and the next one runs.
+
+The trainer rows also report the trainer's own logged tokens/s and MFU (its `SpeedMetricsCallback`,
+over the same timed steps) beside the benchmark's clock: the two agree when the trainer's throughput
+logging is right.
 
 Printed per row: tokens/s over the timed steps (after `--warmup` steps: compilation), MFU (the
 trainer's own `flops_per_token` and `device_peak_flops`), peak allocated memory; then each row's
@@ -35,6 +42,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import sys
 import tempfile
 import time
@@ -67,6 +75,7 @@ TRAINER_ROWS: dict[str, dict] = {
     "trainer_fused_obw": {
         **FAST, "fused_loss": "auto", "optimizer_in_backward": True, "max_grad_norm": None
     },
+    "trainer_fp8": {**FAST, "fused_loss": "auto", "fp8": "tensorwise"},
     # --ablation: the memory switches added one at a time, from fp32 weights and compute, eager
     "abl_fp32_eager": {"bf16": False, "fused_loss": "off"},
     "abl_bf16": {"bf16": True, "fused_loss": "off"},
@@ -77,9 +86,14 @@ TRAINER_ROWS: dict[str, dict] = {
         **FAST, "fused_loss": "auto", "gradient_checkpointing": True,
         "optimizer_in_backward": True, "max_grad_norm": None,
     },
+    "abl_fp8": {
+        **FAST, "fused_loss": "auto", "gradient_checkpointing": True,
+        "optimizer_in_backward": True, "max_grad_norm": None, "fp8": "tensorwise",
+    },
 }  # fmt: skip
 ROWS = ("hf_compiled", "ours_compiled", *TRAINER_ROWS)
-DEFAULT_ROWS = ROWS[:6]
+DEFAULT_ROWS = ROWS[:7]
+FP8_ROWS = tuple(row for row, settings in TRAINER_ROWS.items() if settings.get("fp8"))
 ABLATION_ROWS = tuple(r for r in ROWS if r.startswith("abl_"))
 
 
@@ -153,6 +167,7 @@ def plain_loop(model, options, device) -> tuple[float, float]:
 
 def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:
     from forgather.ml.train.args import TrainingArguments
+    from forgather.ml.train.callbacks import SpeedMetricsCallback
     from forgather.ml.train.trainer import Trainer
 
     marks: dict[int, float] = {}
@@ -169,11 +184,14 @@ def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:
                 marks[state.global_step] = time.perf_counter()
 
     losses: list[float] = []
+    logged: list[dict] = []  # the trainer's own speed logs of the timed steps
 
     class Losses(Clock):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
+                if state.global_step > options.warmup and "tokens_per_second" in logs:
+                    logged.append(logs)
 
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
@@ -185,7 +203,8 @@ def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:
             lr_scheduler_type="constant",
             warmup_steps=0,
             max_grad_norm=1.0,
-            logging_steps=options.warmup + options.steps,
+            # logs at the end of the warm-up and through the timed steps (the trainer's own meter)
+            logging_steps=math.gcd(options.warmup, options.steps),
             save_strategy="no",
             dataloader_pin_memory=device.type == "cuda",
         )
@@ -198,11 +217,18 @@ def trainer_run(model, options, device, settings: dict) -> tuple[float, float]:
                 options.seq_len,
                 options.vocab,
             ),
-            callbacks=[Clock(), Losses()],
+            # the speed callback the templates add; it writes into the logs Losses reads
+            callbacks=[Clock(), SpeedMetricsCallback(seq_len=options.seq_len), Losses()],
         )
         trainer.train()
     seconds = marks[options.warmup + options.steps] - marks[options.warmup]
-    return seconds, losses[-1] if losses else float("nan")
+    # equal tokens per logged interval: the rate over all of them is the harmonic mean
+    own = {}
+    for key in ("tokens_per_second", "mfu"):
+        rates = [log[key] for log in logged if log.get(key)]
+        if rates and len(rates) == len(logged):
+            own[key] = len(rates) / sum(1 / rate for rate in rates)
+    return seconds, losses[-1] if losses else float("nan"), own
 
 
 def run_row(name: str, options, device) -> dict:
@@ -217,10 +243,11 @@ def run_row(name: str, options, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    own: dict = {}
     if name in ("hf_compiled", "ours_compiled"):
         seconds, loss = plain_loop(model, options, device)
     else:
-        seconds, loss = trainer_run(model, options, device, TRAINER_ROWS[name])
+        seconds, loss, own = trainer_run(model, options, device, TRAINER_ROWS[name])
     tokens = options.steps * options.batch_size * options.seq_len
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     peak_flops = device_peak_flops(device)
@@ -232,6 +259,9 @@ def run_row(name: str, options, device) -> dict:
         "loss": loss,
         "parameters": parameters,
     }
+    if own:
+        row["trainer_logged_tokens_per_s"] = own.get("tokens_per_second")
+        row["trainer_logged_mfu"] = own.get("mfu")
     if TRAINER_ROWS.get(name, {}).get("fused_loss") == "auto":
         row["fused_backend"] = (
             ("liger" if liger_available() else "torch") if device.type == "cuda" else "off on CPU"
@@ -242,6 +272,19 @@ def run_row(name: str, options, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def fp8_unavailable(device: torch.device) -> str | None:
+    """Why the FP8 rows cannot run here, or None."""
+    if device.type != "cuda":
+        return "FP8 needs a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        return "FP8 needs compute capability 8.9+"
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return "torchao is not installed"
+    return None
 
 
 def fmt(value, spec: str) -> str:
@@ -273,6 +316,12 @@ def main() -> None:
         parser.error(f"--rows: unknown {unknown}; known: {', '.join(ROWS)}")
     if "trainer_fused_torch" in rows and not (device.type == "cuda" and liger_available()):
         rows.remove("trainer_fused_torch")  # trainer_fused is already the torch backend
+    fp8_note = fp8_unavailable(device)
+    if fp8_note:
+        skipped = [r for r in rows if r in FP8_ROWS]
+        rows = [r for r in rows if r not in FP8_ROWS]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: {fp8_note}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"{name}, torch {torch.__version__}, shape {options.shape}, vocab {options.vocab}, "
@@ -280,23 +329,40 @@ def main() -> None:
         f"{options.steps} timed steps, bf16 autocast, fused AdamW",
         flush=True,
     )
-    results = []
+    results, failed = [], []
     for row in rows:
         started = time.perf_counter()
-        result = run_row(row, options, device)
+        try:
+            result = run_row(row, options, device)
+        except torch.OutOfMemoryError:
+            failed.append({"row": row, "out_of_memory": True})
+            print(f"  {row:20s} out of GPU memory at batch {options.batch_size}", flush=True)
+            gc.collect()
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+            continue
         results.append(result)
+        own = ""
+        if result.get("trainer_logged_tokens_per_s"):
+            own = (
+                f"  trainer's log {result['trainer_logged_tokens_per_s']:,.0f} tok/s "
+                f"({result['trainer_logged_tokens_per_s'] / result['tokens_per_s']:.3f}x)"
+            )
         print(
             f"  {row:20s} {result['tokens_per_s']:>12,.0f} tok/s  MFU {fmt(result['mfu'], '6.1%')}"
             f"  peak {fmt(result['peak_gib'], '6.2f')} GiB  loss {result['loss']:.3f}"
             f"{'  (' + result['fused_backend'] + ')' if 'fused_backend' in result else ''}"
-            f"  [{time.perf_counter() - started:.0f} s]",
+            f"{own}  [{time.perf_counter() - started:.0f} s]",
             flush=True,
         )
     base = {r["row"]: r for r in results}
+    first_ablation = next((r["row"] for r in results if r["row"].startswith("abl_")), None)
     print("\nratios (tokens/s, peak memory):")
     for result in results:
         cells = []
-        for ref in ("hf_compiled", "ours_compiled", "abl_fp32_eager"):
+        for ref in dict.fromkeys(("hf_compiled", "ours_compiled", first_ablation)):
+            if ref is None:
+                continue
             if ref in base and ref != result["row"]:
                 speed = result["tokens_per_s"] / base[ref]["tokens_per_s"]
                 memory = (
@@ -312,7 +378,7 @@ def main() -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"device": name, "torch": torch.__version__, "options": vars(options) | {
-            "json": str(options.json)}, "rows": results}  # fmt: skip
+            "json": str(options.json)}, "rows": results + failed}  # fmt: skip
         out.write_text(json.dumps(payload, indent=2))
         print(f"\nwrote {out}")
 

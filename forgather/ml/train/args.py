@@ -38,6 +38,9 @@ COMPILE_SCOPES = ("model", "blocks")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 """The values of `sdpa_backend` (forgather.ml.train.fast_path applies them)."""
 
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+"""The values of `fp8`, torchao's recipe names (forgather.ml.train.fp8 applies them)."""
+
 HYPERPARAMETERS = (
     "learning_rate",
     "weight_decay",
@@ -353,6 +356,21 @@ class TrainingArguments:
     """TF32 for float32 matmuls and convolutions on NVIDIA GPUs (Ampere and later): faster, with a
     10-bit mantissa. None leaves torch's defaults; no effect on CPU."""
 
+    expandable_segments: bool | None = None
+    """CUDA's caching allocator grows its memory segments in place instead of reserving new fixed
+    blocks: far less fragmentation when tensor shapes change from step to step (variable-length or
+    packed batches, evaluation between steps), so a run that is close to the limit fits. In effect
+    during `train()` for the memory allocated then; None leaves the allocator's own setting
+    (`PYTORCH_ALLOC_CONF`); no effect on CPU."""
+
+    fp8: str | None = None
+    """FP8 training through torchao (`pip install torchao`; NVIDIA GPUs of compute capability
+    8.9+, e.g. H100, L4, RTX 4090): the linear layers of the blocks run their matmuls in float8 with
+    dynamic scales. "tensorwise" (one scale per tensor: the fastest), "rowwise" (a scale per row:
+    more accurate) or "rowwise_with_gw_hp" (also the weight gradient in high precision: the most
+    accurate). Pair with `bf16` and `torch_compile` (eager float8 is slow). None trains without.
+    The output head and layers whose sizes are not multiples of 16 stay as they are."""
+
     gradient_checkpointing_policy: str = "full"
     """With `gradient_checkpointing`: what a recomputed layer keeps — "full" (only its input: the
     least memory, the backward repeats the layer's forward) or "selective" (also the outputs of its
@@ -430,6 +448,11 @@ class TrainingArguments:
         require(not (self.bf16 and self.fp16), "fp16", "cannot be combined with bf16=True")
         require(
             self.sdpa_backend in SDPA_BACKENDS, "sdpa_backend", f"must be one of {SDPA_BACKENDS}"
+        )
+        require(
+            self.fp8 is None or self.fp8 in FP8_RECIPES,
+            "fp8",
+            f"must be one of {FP8_RECIPES} or None",
         )
         require(
             self.gradient_checkpointing_policy in CHECKPOINT_POLICIES,

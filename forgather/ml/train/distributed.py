@@ -5,6 +5,8 @@ Without torchrun (no WORLD_SIZE) this is a single process: rank 0 of 1, and ever
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import socket
 import sys
@@ -107,6 +109,7 @@ class DistributedEnvironment:
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
         )
+        atexit.register(_collect_before_teardown)
         self.announce(device)
 
     def announce(self, device: torch.device) -> None:
@@ -192,6 +195,19 @@ class DistributedEnvironment:
             if not failed:
                 dist.barrier()
             dist.destroy_process_group()
+
+
+def _collect_before_teardown() -> None:
+    """Free what still holds a process group while the interpreter is whole (an `atexit` hook).
+
+    `destroy_process_group` forgets the groups, but objects in reference cycles (an FSDP module's
+    mesh, the trainer's checkpoint groups) keep the C++ group alive until the interpreter's own
+    teardown collects them; a gloo worker thread that then needs the GIL to free a tensor is
+    stopped mid-destructor and the process dies with "terminate called without an active
+    exception" (SIGABRT) after a successful run. Collecting here, before that teardown, destroys
+    the group while its threads can still finish.
+    """
+    gc.collect()
 
 
 __all__ = ["DistributedEnvironment"]

@@ -1,6 +1,7 @@
 """Process-wide speed switches of a training run, in effect for the whole of `Trainer.train()`:
 the SDPA backend (`sdpa_backend`), the activation-memory budget of the compiled graph's partitioner
-(`activation_memory_budget`) and TF32 matmuls (`tf32`). `check` refuses a combination that cannot
+(`activation_memory_budget`), TF32 matmuls (`tf32`) and CUDA's expandable segments
+(`expandable_segments`). `check` refuses a combination that cannot
 work before anything runs; `fast_path` applies them and restores torch's settings afterwards."""
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def check(args: Any, device: torch.device) -> None:
 
 @contextlib.contextmanager
 def fast_path(args: Any) -> Iterator[None]:
-    """Apply `args`' SDPA backend, activation-memory budget and TF32 switches; restore on exit."""
+    """Apply `args`' SDPA backend, activation-memory budget, TF32 and allocator switches; restore
+    on exit."""
     with contextlib.ExitStack() as stack:
         if args.sdpa_backend != "auto":
             from torch.nn.attention import sdpa_kernel
@@ -57,6 +59,8 @@ def fast_path(args: Any) -> Iterator[None]:
             )
         if args.tf32 is not None:
             stack.enter_context(_tf32(args.tf32))
+        if args.expandable_segments is not None:
+            stack.enter_context(_expandable_segments(args.expandable_segments))
         yield
 
 
@@ -68,6 +72,31 @@ def _tf32(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@contextlib.contextmanager
+def _expandable_segments(enabled: bool) -> Iterator[None]:
+    """Set the caching allocator's `expandable_segments` (process-wide), and put back what was."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    if setter is None or getter is None:  # torch before 2.9
+        raise ValueError(
+            f"expandable_segments needs torch 2.9 or later (this is {torch.__version__}); set "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the environment instead"
+        )
+    before = getter()
+    was = "expandable_segments:True" in before.replace(" ", "")
+    setter(f"expandable_segments:{enabled}")
+    try:
+        yield
+    finally:
+        setter(f"expandable_segments:{was}")
+
+
+def allocator_settings() -> str:
+    """The caching allocator's current settings string ('' for the defaults)."""
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    return getter() if getter is not None else ""
 
 
 __all__ = ["SDPA_BACKENDS", "check", "fast_path"]

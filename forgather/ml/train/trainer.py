@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from forgather.errors import ForgatherError
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
-from forgather.ml.train import activation_checkpointing
+from forgather.ml.train import activation_checkpointing, fp8
 from forgather.ml.train.args import HYPERPARAMETERS, TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
 from forgather.ml.train.checkpoint import (
@@ -156,6 +156,7 @@ class Trainer:
         self.lr_scheduler_factory = lr_scheduler_factory
         self.compute_loss_func = compute_loss_func
         self._loss_impl = self._choose_loss_impl()
+        self.fp8_layers: list[str] = []  # the layers `fp8` runs in float8 (set by train())
         # Training and evaluation never decode: a model that would build a KV cache (Hugging Face
         # models do by default, even in training) is told not to (memory, and a compiled block
         # would otherwise be specialised to its layer's cache entry).
@@ -436,6 +437,7 @@ class Trainer:
                 "the train_dataset must be map-style (len and indexing) for exact resume"
             )
         check_fast_path(args, self.device)
+        fp8.check(args.fp8, self.device)
         data_rank, data_world = self.strategy.data_parallel()
         # pipeline micro-batches must be of one size: the epoch's incomplete last batch is dropped
         self._drop_last = args.dataloader_drop_last or self.strategy.runs_steps
@@ -473,6 +475,8 @@ class Trainer:
             math.ceil(max_steps / steps_per_epoch) if args.max_steps > 0 else args.num_train_epochs
         )
 
+        if args.fp8 is not None:  # before checkpointing and sharding wrap the layers
+            self.fp8_layers = fp8.convert(self.model, args.fp8)
         if args.gradient_checkpointing:
             activation_checkpointing.enable(
                 self.model, args.gradient_checkpointing_every, args.gradient_checkpointing_policy

@@ -7,13 +7,23 @@ kill a run (`kill -9`) and resume it.
 
 `--hang-after-save K` makes the run sleep right after checkpoint K is written (a marker file
 `<output_dir>/hanging` appears), so a test can kill it at a known point.
+
+Every run checks its own teardown: when the interpreter starts tearing down, no object may still
+hold a process group (one collected that late can abort the process after a good run), else the
+run exits with status 3 naming the holders.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import collections
+import gc
 import json
+import os
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +44,25 @@ class HangAfterSave:
             time.sleep(3600)
 
 
+def check_teardown() -> None:
+    """Registered before the process group exists, so it runs after forgather's own exit hook."""
+    import torch.distributed as dist
+
+    with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
+        warnings.simplefilter("ignore")
+        holders = collections.Counter(
+            type(owner).__name__
+            for owner in gc.get_objects()
+            if any(isinstance(r, dist.ProcessGroup) for r in gc.get_referents(owner))
+        )
+    if holders:
+        sys.stderr.write(f"process groups still held at interpreter teardown by {dict(holders)}\n")
+        sys.stderr.flush()
+        os._exit(3)
+
+
 def main() -> None:
+    atexit.register(check_teardown)
     parser = argparse.ArgumentParser()
     parser.add_argument("--args", required=True, help="TrainingArguments as JSON")
     parser.add_argument("--records", required=True)

@@ -657,25 +657,36 @@ class RecordsTorchSettings:
 def torch_settings() -> dict:
     import torch._functorch.config as functorch_config
 
+    from forgather.ml.train.fast_path import allocator_settings
+
     return {
         "flash": torch.backends.cuda.flash_sdp_enabled(),
         "math": torch.backends.cuda.math_sdp_enabled(),
         "tf32": torch.backends.cuda.matmul.allow_tf32,
         "budget": functorch_config.activation_memory_budget,
+        "expandable": "expandable_segments:True" in allocator_settings(),
     }
 
 
-def test_sdpa_backend_and_tf32_hold_during_training_and_are_restored_after(tmp_path):
+def test_sdpa_backend_tf32_and_expandable_segments_hold_during_training_and_are_restored_after(
+    tmp_path,
+):
     """`sdpa_backend: math` runs attention on the reference kernel (the same losses as torch's
-    choice) and `tf32: true` turns TF32 on, for the steps only: torch's settings come back after."""
+    choice), `tf32: true` turns TF32 on and `expandable_segments: true` sets the allocator, for the
+    steps only: torch's settings come back after."""
     before = torch_settings()
     plain = make_trainer(tmp_path / "a", max_steps=3).train()
     seen = RecordsTorchSettings()
     chosen = make_trainer(
-        tmp_path / "b", callbacks=[seen], max_steps=3, sdpa_backend="math", tf32=True
+        tmp_path / "b",
+        callbacks=[seen],
+        max_steps=3,
+        sdpa_backend="math",
+        tf32=True,
+        expandable_segments=True,
     ).train()
     assert seen.seen and all(
-        s["math"] and not s["flash"] and s["tf32"] is True for s in seen.seen
+        s["math"] and not s["flash"] and s["tf32"] is True and s["expandable"] for s in seen.seen
     ), seen.seen
     assert torch_settings() == before
     losses = [[r["loss"] for r in state.log_history if "loss" in r] for state in (plain, chosen)]

@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 
-def train(tmp_path, **overrides) -> tuple[Trainer, Recorder]:
+def train(tmp_path, callbacks=(), **overrides) -> tuple[Trainer, Recorder]:
     recorder = Recorder()
     args = TrainingArguments(
         **{
@@ -37,7 +37,7 @@ def train(tmp_path, **overrides) -> tuple[Trainer, Recorder]:
         args=args,
         model_init=tiny_forgather,
         train_dataset=ProgressionDataset(64, seed=1),
-        callbacks=[recorder],
+        callbacks=[recorder, *callbacks],
     )
     trainer.train()
     return trainer, recorder
@@ -60,3 +60,73 @@ def test_bf16_training_on_cuda_saves_dcp_checkpoints_that_resume(tmp_path):
     assert sorted(again) == [5, 6, 7, 8]
     for step in again:  # CUDA kernels need not be deterministic: equal to rounding
         assert again[step] == pytest.approx(losses[step], rel=1e-3), step
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    from forgather.ml.unwrap import unwrap_model
+
+    return {
+        k: v.detach().float().cpu() for k, v in unwrap_model(trainer.model).state_dict().items()
+    }
+
+
+def test_the_fast_path_tracks_the_eager_loss_curve_within_bf16_tolerance(tmp_path):
+    """torch.compile, the fused loss, TF32 and the flash SDPA kernel change how, not what."""
+    common = {"save_strategy": "no", "max_steps": 12}
+    _, eager = train(tmp_path / "eager", **common, fused_loss="off")
+    _, fast = train(
+        tmp_path / "fast",
+        **common,
+        torch_compile=True,
+        fused_loss="auto",
+        tf32=True,
+        sdpa_backend="flash",
+    )
+    eager_losses, fast_losses = eager.step_losses(), fast.step_losses()
+    assert sorted(fast_losses) == sorted(eager_losses) == list(range(1, 13))
+    for step, loss in eager_losses.items():
+        assert fast_losses[step] == pytest.approx(loss, rel=0.03, abs=0.03), step
+    assert fast_losses[12] < fast_losses[1] - 0.5  # and it learns
+
+
+def test_optimizer_in_backward_gives_the_weights_of_the_normal_step(tmp_path):
+    common = {"save_strategy": "no", "bf16": False, "max_grad_norm": None, "tf32": False}
+    normal, _ = train(tmp_path / "normal", **common)
+    in_backward, _ = train(tmp_path / "in_backward", **common, optimizer_in_backward=True)
+    expected, got = _weights(normal), _weights(in_backward)
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fp8_trains_in_float8_and_its_loss_tracks_bf16(tmp_path):
+    pytest.importorskip("torchao.float8", reason="fp8 needs torchao")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9+")
+    common = {"save_strategy": "no", "max_steps": 12, "torch_compile": True}
+    _, bf16 = train(tmp_path / "bf16", **common)
+    trainer, fp8 = train(tmp_path / "fp8", **common, fp8="tensorwise")
+    # every projection of the 4 blocks (q, k, v, o, gate, up, down), never the head
+    assert len(trainer.fp8_layers) == 4 * 7
+    assert not any("lm_head" in name for name in trainer.fp8_layers)
+    bf16_losses, fp8_losses = bf16.step_losses(), fp8.step_losses()
+    for step, loss in bf16_losses.items():
+        assert fp8_losses[step] == pytest.approx(loss, rel=0.1, abs=0.1), step
+    assert fp8_losses[12] < fp8_losses[1] - 0.5
+
+
+def test_expandable_segments_give_the_steps_expandable_memory_and_are_put_back(tmp_path):
+    class Segments:
+        def __init__(self):
+            self.expandable = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            segments = torch.cuda.memory_snapshot()
+            self.expandable.append(any(s.get("is_expandable") for s in segments))
+
+    seen = Segments()
+    train(tmp_path, callbacks=[seen], save_strategy="no", expandable_segments=True)
+    assert seen.expandable and all(seen.expandable)
+    from forgather.ml.train.fast_path import allocator_settings
+
+    assert "expandable_segments:True" not in allocator_settings()
