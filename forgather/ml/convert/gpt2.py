@@ -81,7 +81,8 @@ class GPT2:
 
     def accepts_forgather(self, config: Any) -> bool:
         return (
-            config.norm == "layernorm"
+            getattr(config, "attention", "causal") == "causal"
+            and config.norm == "layernorm"
             and config.feedforward == "mlp"
             and config.positional_encoding == "learned"
             and config.layer_type == "pre_ln"
@@ -97,8 +98,9 @@ class GPT2:
 
         if not self.accepts_forgather(config):
             raise UnsupportedFeature(
-                "GPT-2 needs pre-LN LayerNorm, a GELU MLP, learned positions, biases in attention "
-                "and MLP, as many KV heads as heads and head_dim x heads = hidden_size"
+                "GPT-2 needs the built-in attention, pre-LN LayerNorm, a GELU MLP, learned "
+                "positions, biases in attention and MLP, as many KV heads as heads and "
+                "head_dim x heads = hidden_size"
             )
         if config.hidden_act not in ACTIVATIONS:
             raise UnsupportedFeature(f"hidden_act={config.hidden_act!r}")

@@ -95,7 +95,8 @@ class LlamaFamily:
 
     def accepts_forgather(self, config: Any) -> bool:
         return (
-            config.norm == "rmsnorm"
+            getattr(config, "attention", "causal") == "causal"
+            and config.norm == "rmsnorm"
             and config.feedforward == "swiglu"
             and config.positional_encoding == "rope"
             and config.layer_type == "pre_ln"
@@ -107,7 +108,8 @@ class LlamaFamily:
 
         if not self.accepts_forgather(config):
             raise UnsupportedFeature(
-                f"{self.name} cannot express this model (norm {config.norm}, feed-forward "
+                f"{self.name} cannot express this model (attention "
+                f"{getattr(config, 'attention', 'causal')}, norm {config.norm}, feed-forward "
                 f"{config.feedforward}, positions {config.positional_encoding}, layers "
                 f"{config.layer_type}, qk_norm {config.qk_norm})"
             )

@@ -62,6 +62,46 @@ def check_code_dir(model_dir: Path) -> None:
         )
 
 
+def load_custom_components(
+    model_dir: Path, config: dict[str, Any], trust_remote_code: bool = True
+) -> None:
+    """Register the components of the user's own that a forgather model directory names and this
+    process does not know yet, from the source files saved beside its config."""
+    from forgather.config.specs import load_file_module
+    from forgather.ml.models.transformer.custom_components import (
+        COMPONENT_FIELDS,
+        CUSTOM_COMPONENTS,
+        is_custom,
+    )
+
+    missing = {
+        field: config[field]
+        for field in COMPONENT_FIELDS
+        if is_custom(config.get(field)) and config[field] not in CUSTOM_COMPONENTS
+    }
+    if not missing:
+        return
+    if not trust_remote_code:
+        raise UntrustedCodeError(
+            f"{model_dir} uses components of its own ({', '.join(sorted(set(missing.values())))}) "
+            "whose code is in the directory; loading it runs that code (trust_remote_code)"
+        )
+    check_code_dir(model_dir)
+    for field, key in missing.items():
+        stem, name = key.split(":", 1)
+        source = model_dir / f"{stem}.py"
+        if not source.is_file():
+            raise ModelNotFoundError(
+                f"{model_dir / 'config.json'}: {field}={key!r} but {source.name} is not in the directory"
+            )
+        component: Any = load_file_module(str(source))
+        for part in name.split("."):
+            component = getattr(component, part, None)
+        if not isinstance(component, type):
+            raise ModelNotFoundError(f"{source} defines no class {name} ({field}={key!r})")
+        CUSTOM_COMPONENTS[key] = component
+
+
 def _model_loaders(model_dir: Path, trust_remote_code: bool) -> tuple[Any, Any, bool]:
     """(config class, model class, whether remote code is allowed) for a model directory."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -73,6 +113,7 @@ def _model_loaders(model_dir: Path, trust_remote_code: bool) -> tuple[Any, Any, 
     from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
 
     if config.get("model_type") == ForgatherConfig.model_type:
+        load_custom_components(model_dir, config, trust_remote_code)
         return ForgatherConfig, ForgatherForCausalLM, False
     if trust_remote_code and config.get("auto_map"):
         check_code_dir(model_dir)

@@ -78,15 +78,17 @@ def _tf32(enabled: bool) -> Iterator[None]:
 def _expandable_segments(enabled: bool) -> Iterator[None]:
     """Set the caching allocator's `expandable_segments` (process-wide), and put back what was."""
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
-    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    if setter is None or getter is None:  # torch before 2.9
+    if setter is None:  # torch before 2.9 names it differently
+        setter = getattr(torch._C, "_cuda_cudaCachingAllocator_set_allocator_settings", None)
+    if setter is None:
         raise ValueError(
-            f"expandable_segments needs torch 2.9 or later (this is {torch.__version__}); set "
+            f"expandable_segments cannot be set at run time in torch {torch.__version__}; set "
             "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the environment instead"
         )
-    before = getter()
-    was = "expandable_segments:True" in before.replace(" ", "")
+    was = "expandable_segments:True" in allocator_settings().replace(" ", "")
     setter(f"expandable_segments:{enabled}")
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # cached blocks of the old kind would serve the run otherwise
     try:
         yield
     finally:
@@ -94,9 +96,14 @@ def _expandable_segments(enabled: bool) -> Iterator[None]:
 
 
 def allocator_settings() -> str:
-    """The caching allocator's current settings string ('' for the defaults)."""
+    """The caching allocator's settings as torch reports them, else as the environment set them
+    ('' for the defaults)."""
     getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    return getter() if getter is not None else ""
+    if getter is not None:
+        return getter()
+    import os
+
+    return os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
 
 
 __all__ = ["SDPA_BACKENDS", "check", "fast_path"]

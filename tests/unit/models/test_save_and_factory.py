@@ -30,6 +30,7 @@ PACKAGE_FILES = {
     "__init__.py",
     "attention.py",
     "configuration_forgather.py",
+    "custom_components.py",
     "feedforward.py",
     "layers.py",
     "loss.py",

@@ -1,6 +1,7 @@
 """`fp8` (torchao float8 training): the config key is checked, a run that cannot use it stops with
 one clear error before anything is built, and the conversion swaps exactly the blocks' linear
-layers (never the head). The float8 matmuls themselves run on the GPU: test_trainer_cuda.py."""
+layers (never the head). The float8 matmuls themselves run on the GPU: test_trainer_cuda.py.
+The conversion tests need torchao (`pip install -e ".[fp8]"`; not in the dev extras)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .custom_components import is_custom, register
+
+ATTENTIONS = ("causal",)
 NORMS = ("rmsnorm", "layernorm")
 LAYER_TYPES = ("pre_ln", "post_ln", "deepnet")
 FEEDFORWARDS = ("swiglu", "mlp")
@@ -32,6 +35,13 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.lower() not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     return value.lower()
+
+
+def _component(name: str, value: Any, builtins: tuple[str, ...]) -> str:
+    """A built-in name (checked), a registered component's key, or a class (registered: its key)."""
+    if isinstance(value, str):
+        return value if is_custom(value) else _choice(name, value, builtins)
+    return register(name, value)
 
 
 def normalize_rope_scaling(
@@ -79,7 +89,9 @@ def normalize_rope_scaling(
 class ForgatherConfig(PretrainedConfig):
     """Hyper-parameters of :class:`ForgatherForCausalLM`.
 
-    Every choice is a plain string so the config round-trips through ``config.json``.
+    Every choice is a plain string so the config round-trips through ``config.json``: a built-in
+    name, or for ``attention``, ``feedforward``, ``norm`` and ``layer_type`` also a class of your
+    own (given as the class; stored as its key, see ``custom_components``).
     See ``docs/models/index.md`` for the meaning of each field.
     """
 
@@ -96,6 +108,7 @@ class ForgatherConfig(PretrainedConfig):
         num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         max_position_embeddings: int = 2048,
+        attention: Any = "causal",
         norm: str = "rmsnorm",
         norm_eps: float = 1e-5,
         layer_type: str = "pre_ln",
@@ -143,7 +156,8 @@ class ForgatherConfig(PretrainedConfig):
                 f"num_attention_heads ({num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        self.feedforward = _choice("feedforward", feedforward, FEEDFORWARDS)
+        self.attention = _component("attention", attention, ATTENTIONS)
+        self.feedforward = _component("feedforward", feedforward, FEEDFORWARDS)
         if intermediate_size is None:
             if self.feedforward == "swiglu":  # ~8/3 d keeps the parameter count of a 4d MLP
                 intermediate_size = 64 * math.ceil(8 * self.hidden_size / 3 / 64)
@@ -154,9 +168,9 @@ class ForgatherConfig(PretrainedConfig):
             hidden_act = "silu" if self.feedforward == "swiglu" else "gelu"
         self.hidden_act = hidden_act
         self.max_position_embeddings = int(max_position_embeddings)
-        self.norm = _choice("norm", norm, NORMS)
+        self.norm = _component("norm", norm, NORMS)
         self.norm_eps = float(norm_eps)
-        self.layer_type = _choice("layer_type", layer_type, LAYER_TYPES)
+        self.layer_type = _component("layer_type", layer_type, LAYER_TYPES)
         self.qk_norm = bool(qk_norm)
         self.positional_encoding = _choice(
             "positional_encoding", positional_encoding, POSITIONAL_ENCODINGS

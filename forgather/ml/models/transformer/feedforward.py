@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .configuration_forgather import FEEDFORWARDS
+from .custom_components import is_custom, lookup
+
 
 class SwiGLU(nn.Module):
     """``down(act(gate(x)) * up(x))``; with ``act = silu`` this is SwiGLU (Shazeer, 2020)."""
@@ -41,8 +44,11 @@ class MLP(nn.Module):
 
 
 def make_feedforward(config: Any) -> nn.Module:
-    """The feed-forward block named by ``config.feedforward`` ("swiglu" or "mlp")."""
+    """The feed-forward block named by ``config.feedforward``: "swiglu", "mlp", or a component of
+    your own, built as ``YourClass(config)``."""
     kind = config.feedforward
+    if is_custom(kind):
+        return lookup("feedforward", kind, FEEDFORWARDS)(config)
     args = (config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias)
     if kind == "swiglu":
         return SwiGLU(*args)

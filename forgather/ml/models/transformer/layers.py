@@ -15,8 +15,18 @@ import torch
 from torch import nn
 
 from .attention import AttentionMask, CausalSelfAttention
+from .configuration_forgather import ATTENTIONS, LAYER_TYPES
+from .custom_components import is_custom, lookup
 from .feedforward import make_feedforward
 from .norms import make_norm
+
+
+def make_attention(config: Any, layer_idx: int) -> nn.Module:
+    """The attention named by ``config.attention``: "causal" (``CausalSelfAttention``) or a
+    component of your own, built as ``YourClass(config, layer_idx)`` and called like it."""
+    if is_custom(config.attention):
+        return lookup("attention", config.attention, ATTENTIONS)(config, layer_idx)
+    return CausalSelfAttention(config, layer_idx)
 
 
 class DecoderLayer(nn.Module):
@@ -25,7 +35,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: Any, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.self_attn = CausalSelfAttention(config, layer_idx)
+        self.self_attn = make_attention(config, layer_idx)
         self.mlp = make_feedforward(config)
         self.attn_norm = make_norm(config.norm, config.hidden_size, config.norm_eps)
         self.mlp_norm = make_norm(config.norm, config.hidden_size, config.norm_eps)
@@ -76,7 +86,11 @@ LAYER_CLASSES = {
 }
 
 
-def make_layer(config: Any, layer_idx: int) -> DecoderLayer:
+def make_layer(config: Any, layer_idx: int) -> nn.Module:
+    """The decoder layer named by ``config.layer_type``: "pre_ln", "post_ln", "deepnet", or a
+    component of your own, built as ``YourClass(config, layer_idx)`` and called like them."""
+    if is_custom(config.layer_type):
+        return lookup("layer_type", config.layer_type, LAYER_TYPES)(config, layer_idx)
     try:
         cls = LAYER_CLASSES[config.layer_type]
     except KeyError:
@@ -84,3 +98,13 @@ def make_layer(config: Any, layer_idx: int) -> DecoderLayer:
             f"unknown layer_type {config.layer_type!r}; expected one of {sorted(LAYER_CLASSES)}"
         ) from None
     return cls(config, layer_idx)
+
+
+def has_final_norm(config: Any) -> bool:
+    """Whether the stack ends with a norm: pre-LN layers need one, post-LN and DeepNet layers end
+    with their own; a layer class of your own says so with a ``final_norm`` attribute (default
+    True)."""
+    if is_custom(config.layer_type):
+        cls = lookup("layer_type", config.layer_type, LAYER_TYPES)
+        return bool(getattr(cls, "final_norm", True))
+    return config.layer_type == "pre_ln"

@@ -110,10 +110,7 @@ def linear_cross_entropy(
     flat = hidden.reshape(-1, hidden.size(-1))
     backend = resolve_impl(impl, hidden.device)
     if backend == "liger":
-        total = _liger_function().apply(
-            flat, weight, targets, bias, None, ignore_index, 0.0, label_smoothing, "sum"
-        )
-        total = total[0] if isinstance(total, tuple) else total
+        total = _liger(flat, weight, targets, bias, ignore_index, label_smoothing)
     else:
         chunk = chunk_tokens or chunk_tokens_for(weight.shape[0])
         total = _chunked(flat, weight, bias, targets, ignore_index, label_smoothing, chunk)
@@ -123,6 +120,14 @@ def linear_cross_entropy(
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
+
+
+@torch.compiler.disable  # Liger's own Triton kernels; dynamo cannot trace its host code
+def _liger(flat, weight, targets, bias, ignore_index, label_smoothing):
+    total = _liger_function().apply(
+        flat, weight, targets, bias, None, ignore_index, 0.0, label_smoothing, "sum"
+    )
+    return total[0] if isinstance(total, tuple) else total
 
 
 @torch.compiler.disable  # a Python loop of large matmuls: nothing for the compiler to fuse

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .attention import build_attention_mask
 from .configuration_forgather import ForgatherConfig
-from .layers import make_layer
+from .layers import has_final_norm, make_layer
 from .loss import causal_lm_loss, linear_cross_entropy
 from .norms import LayerNorm, RMSNorm, make_norm
 from .positional import (
@@ -105,7 +105,7 @@ class ForgatherModel(ForgatherPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(make_layer(config, i) for i in range(config.num_hidden_layers))
-        if config.layer_type == "pre_ln":
+        if has_final_norm(config):
             self.norm = make_norm(config.norm, config.hidden_size, config.norm_eps)
         else:  # post-LN and DeepNet layers already end with a norm
             self.norm = nn.Identity()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .configuration_forgather import NORMS
+from .custom_components import is_custom, lookup
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation with a learned per-channel gain.
@@ -36,7 +39,10 @@ class LayerNorm(nn.LayerNorm):
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    """Build the normalisation layer named by ``kind`` ("rmsnorm" or "layernorm")."""
+    """Build the normalisation layer named by ``kind``: "rmsnorm", "layernorm", or a component of
+    your own, built as ``YourClass(dim, eps)``."""
+    if is_custom(kind):
+        return lookup("norm", kind, NORMS)(dim, eps)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
     if kind == "layernorm":

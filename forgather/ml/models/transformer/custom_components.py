@@ -1,0 +1,100 @@
+"""Components a model uses beyond the built-in ones, by key.
+
+A config field that takes a component (``attention``, ``feedforward``, ``norm``, ``layer_type``)
+holds a built-in name or the key ``"<file stem>:<ClassName>"`` of a class in ``CUSTOM_COMPONENTS``.
+In forgather's package the registry starts empty and fills as models are configured with classes
+(``build_model(attention=MyAttention)``, a config's ``!partial:/path/my_attention.py:MyAttention``).
+A saved model directory gets its own version of this file, which imports the copied source of each
+component it uses, so the directory loads with ``trust_remote_code`` where forgather is not
+installed.
+
+Part of the self-contained remote-code package: standard library only.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+CUSTOM_COMPONENTS: dict[str, type] = {}
+
+COMPONENT_FIELDS = ("attention", "feedforward", "norm", "layer_type")
+"""The config fields that take a component."""
+
+# The package's own module names: a component file may not take one (the saved directory holds both).
+RESERVED_STEMS = (
+    "__init__",
+    "attention",
+    "configuration_forgather",
+    "custom_components",
+    "feedforward",
+    "layers",
+    "loss",
+    "modeling_forgather",
+    "norms",
+    "positional",
+)
+
+
+def component_key(cls: type) -> str:
+    """``"<stem of the file that defines cls>:<qualified name>"``."""
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    stem = Path(file).stem if file else cls.__module__.rpartition(".")[2]
+    return f"{stem}:{cls.__qualname__}"
+
+
+def register(field: str, value: Any) -> str:
+    """Register a component class (or a ``!partial`` of one without arguments) and return its key."""
+    cls = value
+    if isinstance(value, functools.partial):
+        if value.args or value.keywords:
+            raise ValueError(
+                f"{field}: a component is given as a class; its options go in the model config "
+                f"(the class reads them from the config it is built with), got arguments "
+                f"{value.args or ''}{value.keywords or ''}"
+            )
+        cls = value.func
+    if not isinstance(cls, type):
+        raise ValueError(
+            f"{field} must be a built-in name or a class (e.g. "
+            f"!partial:/path/to/my_module.py:MyClass), got {value!r}"
+        )
+    key = component_key(cls)
+    stem = key.partition(":")[0]
+    if stem in RESERVED_STEMS and not cls.__module__.endswith(f"transformer.{stem}"):
+        raise ValueError(
+            f"{field}: {cls.__qualname__} is defined in {stem}.py, a name forgather's own model "
+            "files use; rename the file"
+        )
+    known = CUSTOM_COMPONENTS.get(key)
+    if known is not None and known is not cls and _source(known) != _source(cls):
+        raise ValueError(
+            f"{field}: two different classes are named {key!r} ({_source(known)} and "
+            f"{_source(cls)}); rename one"
+        )
+    CUSTOM_COMPONENTS[key] = cls
+    return key
+
+
+def lookup(field: str, key: str, builtins: tuple[str, ...] | list[str]) -> type:
+    """The class registered under ``key``, else one clear error naming the field."""
+    try:
+        return CUSTOM_COMPONENTS[key]
+    except KeyError:
+        raise ValueError(
+            f"{field}={key!r} is neither a built-in ({', '.join(builtins)}) nor a component known "
+            "to this process: give the class itself (!partial:/path/to/file.py:Class), or load "
+            "the saved model directory that carries its source"
+        ) from None
+
+
+def is_custom(value: Any) -> bool:
+    """Whether a config value is a custom component's key (built-in names have no colon)."""
+    return isinstance(value, str) and ":" in value
+
+
+def _source(cls: type) -> str | None:
+    return getattr(sys.modules.get(cls.__module__), "__file__", None)
