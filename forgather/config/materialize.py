@@ -66,6 +66,16 @@ class BuiltPartial:
     def func(self) -> Any:
         return self._builder.resolve(self._node)
 
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments given in the config (as `functools.partial.args`)."""
+        return tuple(self._builder.build(arg) for arg in self._node.args)
+
+    @property
+    def keywords(self) -> dict[str, Any]:
+        """The keyword arguments given in the config (as `functools.partial.keywords`)."""
+        return {key: self._builder.build(value) for key, value in self._node.kwargs.items()}
+
     def __repr__(self) -> str:
         return f"<partial {self._node.spec}>"
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.remote_venv import remote_venv  # noqa: F401 (the clean venv fixture)
+
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "examples" / "tiny_experiments" / "tiny_llama"
 

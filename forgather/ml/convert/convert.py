@@ -65,6 +65,7 @@ def convert(
     check_dtype(dtype)
     dst = check_new_model_dir(dst)
     path = model_source(src, checkpoint)
+    _refuse_own_components(path)
     source, tokenizer, model_dir = load_causal_lm(
         path, "cpu", "float32", trust_remote_code=False, require_tokenizer=False
     )
@@ -105,6 +106,27 @@ def convert(
     return Conversion(
         direction, converter.name, path, dst, hf_type, parameters, difference, out_dtype
     )
+
+
+def _refuse_own_components(path: str | Path) -> None:
+    """A forgather model with components of its own has no Hugging Face family: say so (before
+    its code would be loaded)."""
+    import json
+
+    from forgather.ml.models.loading import find_model_dir
+    from forgather.ml.models.transformer.custom_components import COMPONENT_FIELDS, is_custom
+
+    try:
+        model_dir, _ = find_model_dir(path)
+        fields = json.loads((model_dir / "config.json").read_text())
+    except Exception:
+        return  # loading reports what is wrong with the directory
+    own = [f"{f}={fields[f]}" for f in COMPONENT_FIELDS if is_custom(fields.get(f))]
+    if own:
+        raise UnsupportedFeature(
+            f"{model_dir} uses components of its own ({', '.join(own)}); no Hugging Face family "
+            "has them"
+        )
 
 
 def _hf_model(hf_config: Any) -> torch.nn.Module:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
+from tests.remote_venv import remote_venv  # noqa: F401 (the clean venv fixture, shared with e2e)
 
 VOCAB = 97
 

@@ -1,37 +1,35 @@
-"""The headline: a saved directory loads and generates in a venv without forgather.
-
-A fresh virtual environment gets only ``torch``, ``transformers`` and ``safetensors`` (the versions
-of this interpreter); it is cached under ``~/.cache/forgather-tests/`` keyed by those versions
-(override the root with ``FORGATHER_TEST_CACHE``), so reruns skip the install.
+"""The headline: a saved directory loads and generates in a venv without forgather (one with only
+torch, transformers and safetensors: tests/remote_venv.py), components of the user's own included.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import safetensors
 import torch
 import transformers
 from safetensors.torch import load_file
 
+from forgather.config.specs import load_file_module
 from forgather.ml.models.save import save_model_dir
+from tests.remote_venv import TORCH_VERSION
+from tests.remote_venv import clean_env as _clean_env
 
 from .conftest import VOCAB, flex_skip_reason, tiny_model
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
-TORCH_VERSION = torch.__version__.split("+")[0]
-REQUIREMENTS = (
-    f"torch=={TORCH_VERSION}",
-    f"transformers=={transformers.__version__}",
-    f"safetensors=={safetensors.__version__}",
+EXAMPLE_COMPONENTS = load_file_module(
+    str(
+        Path(__file__).resolve().parents[3]
+        / "examples"
+        / "custom_attention"
+        / "cosine_attention.py"
+    )
 )
 INPUT_IDS = [[5, 17, 33, 2, 9, 41, 60, 11], [7, 7, 81, 23, 50, 3, 19, 92]]
 
@@ -51,6 +49,11 @@ CONFIGS = {
         positional_encoding="alibi",
         attention_bias=True,
         mlp_bias=True,
+    ),
+    "own_attention_and_norm": dict(  # examples/custom_attention's components
+        attention=EXAMPLE_COMPONENTS.CosineAttention,
+        norm=EXAMPLE_COMPONENTS.ScaleNorm,
+        num_key_value_heads=2,
     ),
     "post_ln_sinusoidal_flex": dict(
         attention_backend="flex" if flex_skip_reason() is None else "sdpa",
@@ -85,42 +88,6 @@ CHILD = textwrap.dedent(
     print(json.dumps({"modules": report, "torch": torch.__version__}))
     """
 )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.pop("VIRTUAL_ENV", None)
-    env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"}, **extra)
-    return env
-
-
-def _venv_python(env_dir: Path) -> Path:
-    return env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
-
-
-@pytest.fixture(scope="module")
-def remote_venv(tmp_path_factory) -> Path:
-    """Python of a venv with only torch/transformers/safetensors (cached across runs)."""
-    root = Path(os.environ.get("FORGATHER_TEST_CACHE", Path.home() / ".cache" / "forgather-tests"))
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    key = "-".join([py, *(r.replace("==", "") for r in REQUIREMENTS)])
-    env_dir = root / f"remote-code-venv-{key}"
-    marker = env_dir / ".forgather-complete"
-    python = _venv_python(env_dir)
-    if marker.exists() and python.exists():
-        return python
-    shutil.rmtree(env_dir, ignore_errors=True)
-    env_dir.parent.mkdir(parents=True, exist_ok=True)
-    cwd = tmp_path_factory.mktemp("venv-build")
-    run = dict(cwd=cwd, env=_clean_env(), capture_output=True, text=True)
-    made = subprocess.run([sys.executable, "-m", "venv", str(env_dir)], timeout=300, **run)
-    assert made.returncode == 0, made.stderr
-    installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS], timeout=1800, **run
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    marker.write_text(json.dumps(REQUIREMENTS) + "\n")
-    return python
 
 
 @pytest.fixture(scope="module")

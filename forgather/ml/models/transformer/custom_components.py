@@ -13,7 +13,6 @@ Part of the self-contained remote-code package: standard library only.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,9 @@ def component_key(cls: type) -> str:
 def register(field: str, value: Any) -> str:
     """Register a component class (or a ``!partial`` of one without arguments) and return its key."""
     cls = value
-    if isinstance(value, functools.partial):
-        if value.args or value.keywords:
+    if not isinstance(value, type) and isinstance(getattr(value, "func", None), type):
+        # functools.partial, or the callable a config's `!partial` builds (the same attributes)
+        if getattr(value, "args", ()) or getattr(value, "keywords", {}):
             raise ValueError(
                 f"{field}: a component is given as a class; its options go in the model config "
                 f"(the class reads them from the config it is built with), got arguments "

@@ -1,0 +1,189 @@
+"""Components of the user's own (attention, feed-forward, norm, layer type) by class: the config
+stores their key, the model builds them, a saved directory carries their source, and forgather
+loads such a directory in a fresh process from that source. (Loading where forgather is not
+installed: test_remote_code_venv.py.)"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from forgather.config.specs import load_file_module
+from forgather.ml.models.factory import build_model
+from forgather.ml.models.loading import UntrustedCodeError, load_causal_lm
+from forgather.ml.models.save import save_model_dir
+from forgather.ml.models.transformer import ForgatherConfig
+from forgather.ml.models.transformer.custom_components import CUSTOM_COMPONENTS
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = load_file_module(str(REPO / "examples" / "custom_attention" / "cosine_attention.py"))
+SIZE = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+)  # fmt: skip
+IDS = torch.tensor([[5, 17, 33, 2, 9, 41, 60, 11], [7, 7, 81, 23, 50, 3, 19, 92]])
+
+OWN_LAYERS = '''
+import torch
+from torch import nn
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        value, gate = self.up(x).chunk(2, dim=-1)
+        return self.down(value * torch.sigmoid(gate))
+
+
+class ParallelLayer(nn.Module):
+    """GPT-J style: attention and MLP read the same normed input."""
+
+    final_norm = True
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        from_config = type(config).__module__.rpartition(".")[0]
+        import importlib
+
+        layers = importlib.import_module(from_config + ".layers")
+        norms = importlib.import_module(from_config + ".norms")
+        self.self_attn = layers.make_attention(config, layer_idx)
+        self.mlp = layers.make_feedforward(config)
+        self.norm = norms.make_norm(config.norm, config.hidden_size, config.norm_eps)
+
+    def forward(self, hidden_states, rotary, mask, cache=None, output_attentions=False):
+        normed = self.norm(hidden_states)
+        attn, weights = self.self_attn(normed, rotary, mask, cache, output_attentions)
+        return hidden_states + attn + self.mlp(normed), weights
+'''
+
+
+def test_a_class_is_stored_by_its_key_and_built_into_every_layer():
+    model = build_model(
+        preset="tiny_llama_4m", attention=EXAMPLE.CosineAttention, norm=EXAMPLE.ScaleNorm, **SIZE
+    )
+    assert model.config.attention == "cosine_attention:CosineAttention"
+    assert model.config.norm == "cosine_attention:ScaleNorm"
+    assert json.loads(model.config.to_json_string())["attention"] == model.config.attention
+    assert all(type(layer.self_attn) is EXAMPLE.CosineAttention for layer in model.model.layers)
+    assert type(model.model.norm) is EXAMPLE.ScaleNorm
+    loss = model(input_ids=IDS, labels=IDS).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(layer.self_attn.log_temperature.grad is not None for layer in model.model.layers)
+
+
+def test_generation_with_the_cache_equals_the_full_forward():
+    torch.manual_seed(0)
+    model = build_model(preset="tiny_llama_4m", attention=EXAMPLE.CosineAttention, **SIZE).eval()
+    generated = model.generate(IDS[:, :4], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():  # greedy again without a cache: the cached path must agree
+        ids = IDS[:, :4]
+        for _ in range(6):
+            next_id = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+    assert torch.equal(generated, ids)
+
+
+def test_a_saved_directory_carries_the_source_and_loads_in_a_fresh_process(tmp_path):
+    own = tmp_path / "own_layers.py"
+    own.write_text(OWN_LAYERS)
+    layers = load_file_module(str(own))
+    torch.manual_seed(0)
+    model = build_model(
+        preset="tiny_llama_4m",
+        attention=EXAMPLE.CosineAttention,
+        feedforward=functools.partial(layers.GatedMLP),
+        layer_type=layers.ParallelLayer,
+        **SIZE,
+    ).eval()
+    out = save_model_dir(model, tmp_path / "saved")
+    assert (out / "cosine_attention.py").read_text() == (
+        REPO / "examples" / "custom_attention" / "cosine_attention.py"
+    ).read_text()
+    assert (out / "own_layers.py").is_file()
+    registry = (out / "custom_components.py").read_text()
+    assert "from .own_layers import GatedMLP" in registry
+    assert "'own_layers:ParallelLayer': ParallelLayer" in registry
+    with torch.no_grad():
+        expected = model(IDS).logits
+    torch.save(expected, tmp_path / "expected.pt")
+    child = textwrap.dedent(
+        f"""
+        import sys, torch
+        from forgather.ml.models.transformer.custom_components import CUSTOM_COMPONENTS
+        assert not CUSTOM_COMPONENTS, CUSTOM_COMPONENTS
+        from forgather.ml.models.loading import load_causal_lm
+        model, _, _ = load_causal_lm({str(out)!r}, require_tokenizer=False)
+        with torch.no_grad():
+            logits = model(torch.tensor({IDS.tolist()!r})).logits
+        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        print(sorted(CUSTOM_COMPONENTS))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "own_layers:ParallelLayer" in done.stdout
+
+
+def test_loading_without_trusting_the_code_refuses_and_names_the_components(tmp_path):
+    model = build_model(preset="tiny_llama_4m", norm=EXAMPLE.ScaleNorm, **SIZE)
+    out = save_model_dir(model, tmp_path / "saved")
+    CUSTOM_COMPONENTS.pop("cosine_attention:ScaleNorm")  # as in a fresh process
+    try:
+        with pytest.raises(UntrustedCodeError, match="cosine_attention:ScaleNorm"):
+            load_causal_lm(out, trust_remote_code=False, require_tokenizer=False)
+    finally:
+        CUSTOM_COMPONENTS["cosine_attention:ScaleNorm"] = EXAMPLE.ScaleNorm
+
+
+def test_an_unknown_key_names_the_field_and_how_to_give_the_class():
+    config = ForgatherConfig(attention="nowhere:Attention", **SIZE)
+    with pytest.raises(ValueError, match=r"attention='nowhere:Attention' is neither a built-in"):
+        build_model(config=config)
+    with pytest.raises(ValueError, match=r"norm must be one of rmsnorm, layernorm"):
+        ForgatherConfig(norm="batchnorm", **SIZE)
+
+
+def test_arguments_a_component_cannot_keep_are_refused():
+    with pytest.raises(ValueError, match="its options go in the model config"):
+        ForgatherConfig(norm=functools.partial(EXAMPLE.ScaleNorm, eps=1e-3), **SIZE)
+    with pytest.raises(ValueError, match="must be a built-in name or a class"):
+        ForgatherConfig(feedforward=lambda config: nn.Identity(), **SIZE)
+
+
+def test_a_file_named_like_a_model_file_or_a_second_class_of_the_same_key_is_refused(tmp_path):
+    (tmp_path / "norms.py").write_text("from torch import nn\nclass Norm(nn.LayerNorm): pass\n")
+    with pytest.raises(ValueError, match="norms.py, a name forgather's own model files use"):
+        ForgatherConfig(norm=load_file_module(str(tmp_path / "norms.py")).Norm, **SIZE)
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / "cosine_attention.py"
+    twin.write_text("from torch import nn\nclass ScaleNorm(nn.LayerNorm): pass\n")
+    ForgatherConfig(norm=EXAMPLE.ScaleNorm, **SIZE)
+    with pytest.raises(ValueError, match="two different classes are named"):
+        ForgatherConfig(norm=load_file_module(str(twin)).ScaleNorm, **SIZE)
+
+
+def test_converting_to_hugging_face_names_the_components_it_cannot_express(tmp_path):
+    from forgather.ml.convert.convert import convert
+    from forgather.ml.convert.registry import UnsupportedFeature
+
+    model = build_model(preset="tiny_llama_4m", attention=EXAMPLE.CosineAttention, **SIZE)
+    out = save_model_dir(model, tmp_path / "saved")
+    with pytest.raises(UnsupportedFeature, match="attention=cosine_attention:CosineAttention"):
+        convert(out, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
