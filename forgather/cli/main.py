@@ -24,6 +24,7 @@ from forgather.cli import (
     serve,
     tls,
     train,
+    update_model,
     vocab,
 )
 from forgather.cli import tb as tb_command  # `tb` is the traceback module here
@@ -125,6 +126,7 @@ generate.register(app)
 convert.register(app)
 finalize.register(app)
 vocab.register(app)
+update_model.register(app)
 serve.register(app)
 tls.register(app)
 

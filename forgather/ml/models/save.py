@@ -26,19 +26,18 @@ from forgather.errors import ForgatherError
 from forgather.ml.unwrap import model_class_name, unwrap_model
 
 from .transformer import ForgatherConfig
-from .transformer.custom_components import COMPONENT_FIELDS, is_custom, lookup
+from .transformer.artefact import PACKAGE_DIR, package_source_files, write_model_code
 
-PACKAGE_DIR = Path(__file__).resolve().parent / "transformer"
-AUTO_MAP = {
-    "AutoConfig": "configuration_forgather.ForgatherConfig",
-    "AutoModel": "modeling_forgather.ForgatherModel",
-    "AutoModelForCausalLM": "modeling_forgather.ForgatherForCausalLM",
-}
-
-
-def package_source_files() -> list[Path]:
-    """The source files of the self-contained model package (copied into saved directories)."""
-    return sorted(PACKAGE_DIR.glob("*.py"))
+__all__ = [
+    "PACKAGE_DIR",
+    "ModelDirExists",
+    "check_new_model_dir",
+    "is_forgather_model",
+    "package_source_files",
+    "save_model_config",
+    "save_model_dir",
+    "write_new_model_dir",
+]
 
 
 def is_forgather_model(model: nn.Module) -> bool:
@@ -142,49 +141,12 @@ def _save_loading_files(model: nn.Module, out: Path, tokenizer: Any) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     # The model's own class (save_pretrained of an FSDP2-sharded model would name FSDP<Class>).
     config["architectures"] = [model_class_name(model)]
-    if is_forgather_model(model):
-        for source in package_source_files():
-            shutil.copyfile(source, out / source.name)
-        _save_custom_components(model.config, out)
-        config["auto_map"] = dict(AUTO_MAP)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if is_forgather_model(model):  # save_pretrained did it; a config-only save did not
+        write_model_code(model, out)
 
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-
-
-def _save_custom_components(config: Any, out: Path) -> None:
-    """Copy the source file of each component of the user's own that `config` names beside the
-    package files, and rewrite the directory's custom_components.py to import them: the directory
-    then loads with `trust_remote_code` where forgather is not installed."""
-    keys = sorted(
-        {getattr(config, f) for f in COMPONENT_FIELDS if is_custom(getattr(config, f, None))}
-    )
-    if not keys:
-        return
-    imports = []
-    for key in keys:
-        field = next(f for f in COMPONENT_FIELDS if getattr(config, f, None) == key)
-        cls = lookup(field, key, ())
-        source = inspect.getsourcefile(cls)
-        if source is None:
-            raise ForgatherError(f"{field}={key!r}: the source file of {cls!r} cannot be found")
-        stem, name = key.split(":", 1)
-        if Path(source).resolve() != (out / f"{stem}.py").resolve():
-            shutil.copyfile(source, out / f"{stem}.py")
-        imports.append((stem, name.partition(".")[0], key, name))
-    registry = PACKAGE_DIR / "custom_components.py"
-    lines = [
-        registry.read_text(encoding="utf-8").rstrip(),
-        "",
-        "",
-        "# The components this model directory uses (written by forgather when it was saved).",
-    ]
-    lines += [f"from .{stem} import {top}  # noqa: E402" for stem, top, _, _ in imports]
-    lines += ["", "CUSTOM_COMPONENTS.update({"]
-    lines += [f"    {key!r}: {name}," for _, _, key, name in imports]
-    lines += ["})", ""]
-    (out / "custom_components.py").write_text("\n".join(lines), encoding="utf-8")
 
 
 def _convert_to_torch_bin(

@@ -834,8 +834,9 @@ class Trainer:
     def save_model(self, output_dir: str | None = None) -> None:
         """Write the model (and tokenizer) as a loadable directory; rank 0 writes, all ranks wait.
 
-        Models with `save_pretrained` go through `forgather.ml.models.save:save_model_dir` (forgather
-        models also get their source); plain modules get `model.safetensors`.
+        Models with `save_pretrained` save themselves (a forgather model's directory also gets the
+        source it loads by, whoever saves it) and the tokenizer joins them; plain modules get
+        `model.safetensors`.
         """
         output_dir = output_dir or self.args.output_dir
         self.strategy.before_save(self.model)
@@ -846,9 +847,11 @@ class Trainer:
             if state is not None:
                 model = self.strategy.full_model(model, state)
             if hasattr(model, "save_pretrained"):
-                from forgather.ml.models.save import save_model_dir
-
-                save_model_dir(model, output_dir, tokenizer=self.processing_class, state_dict=state)
+                model.save_pretrained(
+                    output_dir, **({} if state is None else {"state_dict": state})
+                )
+                if hasattr(self.processing_class, "save_pretrained"):
+                    self.processing_class.save_pretrained(output_dir)
             else:
                 from safetensors.torch import save_file
 

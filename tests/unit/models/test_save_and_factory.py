@@ -28,6 +28,7 @@ pytestmark = pytest.mark.unit
 
 PACKAGE_FILES = {
     "__init__.py",
+    "artefact.py",
     "attention.py",
     "configuration_forgather.py",
     "custom_components.py",

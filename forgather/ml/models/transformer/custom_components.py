@@ -25,6 +25,7 @@ COMPONENT_FIELDS = ("attention", "feedforward", "norm", "layer_type")
 # The package's own module names: a component file may not take one (the saved directory holds both).
 RESERVED_STEMS = (
     "__init__",
+    "artefact",
     "attention",
     "configuration_forgather",
     "custom_components",

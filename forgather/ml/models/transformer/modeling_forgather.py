@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .artefact import write_model_code
 from .attention import build_attention_mask
 from .configuration_forgather import ForgatherConfig
 from .layers import has_final_norm, make_layer
@@ -54,6 +55,15 @@ class ForgatherPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_cache_class = True
+
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained``, then the code the directory needs to load where
+        forgather is not installed (this package's source and any component of your own; see
+        ``artefact``), so the directory is complete whoever saves it."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_code(self, save_directory)
+        return result
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise one module according to ``config.init_scheme``.

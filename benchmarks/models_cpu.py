@@ -1,0 +1,121 @@
+"""Our model versus the Hugging Face class of the same family: forward + backward on this CPU.
+
+    python benchmarks/models_cpu.py                       # llama, mistral, qwen3, gpt2; eager
+    python benchmarks/models_cpu.py --families llama --rounds 9 --batch 4 --seq 256
+
+For each family a small random Hugging Face model is built locally (no hub), converted to
+forgather's model with the registered converter (the same weights), and checked to give the same
+logits. Then the two run forward + backward (loss from the labels, gradients kept) on the same
+batch, taking turns: after a warm-up each round times one pass of each, in alternating order, so
+machine load hits both alike. Printed per family: the median time of each, and `speed`
+= HF time / our time per round (median over rounds; > 1 means ours is faster; the goal is >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8)
+
+
+def hf_config(family: str, vocab: int, seq: int):
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen3Config
+
+    common = dict(vocab_size=vocab, tie_word_embeddings=True)
+    if family == "gpt2":
+        return GPT2Config(
+            n_embd=SHAPE["hidden_size"],
+            n_layer=SHAPE["num_hidden_layers"],
+            n_head=SHAPE["num_attention_heads"],
+            n_positions=seq,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            **common,
+        )
+    shape = dict(SHAPE, max_position_embeddings=seq, num_key_value_heads=4, **common)
+    if family == "llama":
+        return LlamaConfig(**shape)
+    if family == "mistral":
+        return MistralConfig(sliding_window=None, **shape)
+    if family == "qwen3":
+        return Qwen3Config(head_dim=SHAPE["hidden_size"] // SHAPE["num_attention_heads"], **shape)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def pair(family: str, vocab: int, seq: int):
+    """(HF model, our model with the same weights), both in train mode."""
+    from transformers import AutoModelForCausalLM
+
+    from forgather.ml.convert import registry
+    from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
+
+    torch.manual_seed(0)
+    config = hf_config(family, vocab, seq)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float()
+    converter = registry.for_hf(config.model_type)
+    ours = ForgatherForCausalLM(ForgatherConfig(**converter.to_forgather_config(config))).float()
+    state = converter.to_forgather_state(dict(hf.state_dict()))
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if ours.config.tie_word_embeddings else set()
+    assert set(missing) <= tied and not unexpected, (missing, unexpected)
+    return hf.train(), ours.train()
+
+
+def step(model, ids) -> None:
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default="llama,mistral,qwen3,gpt2")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    options = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, vocab "
+        f"{options.vocab}, batch {options.batch} x {options.seq}, fp32 eager, forward + backward"
+    )
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, options.vocab, (options.batch, options.seq), generator=generator)
+    for family in options.families.split(","):
+        hf, ours = pair(family, options.vocab, options.seq)
+        with torch.no_grad():
+            difference = (hf(ids).logits - ours(ids).logits).abs().max().item()
+        for _ in range(options.warmup):
+            step(hf, ids)
+            step(ours, ids)
+        times: dict[str, list[float]] = {"hf": [], "ours": []}
+        for round_index in range(options.rounds):
+            order = (("hf", hf), ("ours", ours))
+            for name, model in order if round_index % 2 == 0 else reversed(order):
+                started = time.perf_counter()
+                step(model, ids)
+                times[name].append(time.perf_counter() - started)
+        speed = statistics.median(h / o for h, o in zip(times["hf"], times["ours"], strict=True))
+        print(
+            f"  {family:8s} HF {statistics.median(times['hf']) * 1e3:7.1f} ms   ours "
+            f"{statistics.median(times['ours']) * 1e3:7.1f} ms   speed {speed:.2f}x   "
+            f"(logits differ by {difference:.1e})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
