@@ -7,7 +7,8 @@ Templates refer to these callables, e.g.::
       attention_backend: flex
 
 HF-native architectures work too: build a ``transformers`` config (``!call:transformers:LlamaConfig``)
-and pass it to :func:`hf_model_from_config`.
+and pass it to :func:`hf_model_from_config`; to fine-tune a trained model, :func:`pretrained_model`
+loads it from a directory or checkpoint.
 """
 
 from __future__ import annotations
@@ -63,6 +64,32 @@ def build_model(
     if dtype is not None:
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model
+
+
+def pretrained_model(
+    path: str,
+    dtype: str = "auto",
+    checkpoint: str | None = None,
+    trust_remote_code: bool = True,
+) -> nn.Module:
+    """A trained causal LM to fine-tune, in train mode on the CPU (the trainer places it).
+
+    ``path``: a local model directory (a Hugging Face model you downloaded, a forgather output
+    directory) or a checkpoint; with ``checkpoint`` (latest, best or a name) a run's output
+    directory. ``dtype``: ``auto`` (as saved), ``float32``, ``bfloat16`` or ``float16``. Loads as
+    forgather's own commands do (``forgather.ml.models.loading.load_causal_lm``): a directory's
+    code runs only under ``trust_remote_code`` and the code-ownership check.
+    """
+    from .loading import load_causal_lm, model_source
+
+    model, _, _ = load_causal_lm(
+        model_source(path, checkpoint),
+        device="cpu",
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        require_tokenizer=False,
+    )
+    return model.train()
 
 
 def hf_model_from_config(

@@ -281,3 +281,38 @@ def test_forgather_model_trains():
 
 def test_package_dir_is_the_transformer_package():
     assert PACKAGE_DIR.name == "transformer" and (PACKAGE_DIR / "modeling_forgather.py").exists()
+
+
+def test_pretrained_model_loads_a_trained_model_to_fine_tune(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forgather.ml.models.factory import pretrained_model
+    from forgather.ml.train.args import TrainingArguments
+    from forgather.ml.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        )
+    )  # fmt: skip
+    source.save_pretrained(tmp_path / "llama")
+    model = pretrained_model(str(tmp_path / "llama"), dtype="bfloat16")
+    assert type(model) is LlamaForCausalLM and model.training
+    assert next(model.parameters()).dtype == torch.bfloat16
+    for name, tensor in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor.to(torch.bfloat16), msg=name)
+
+    ids = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": row} for row in ids]
+    args = TrainingArguments(output_dir=str(tmp_path / "tuned"), max_steps=2, save_strategy="no")
+    trainer = Trainer(
+        args=args,
+        model_init=lambda: pretrained_model(str(tmp_path / "llama"), dtype="float32"),
+        train_dataset=data,
+    )
+    state = trainer.train()
+    assert state.global_step == 2
+    with pytest.raises(Exception, match="nowhere"):
+        pretrained_model(str(tmp_path / "nowhere"))
