@@ -65,19 +65,29 @@ def check_code_dir(model_dir: Path) -> None:
 def load_custom_components(
     model_dir: Path, config: dict[str, Any], trust_remote_code: bool = True
 ) -> None:
-    """Register the components of the user's own that a forgather model directory names and this
-    process does not know yet, from the source files saved beside its config."""
+    """Register the components of the user's own that a forgather model directory names, from the
+    source files saved beside its config, unless this process already has them from a file of the
+    same text (another version under the same key is replaced: the directory's is what its
+    weights were trained with)."""
     from forgather.config.specs import load_file_module
     from forgather.ml.models.transformer.custom_components import (
         COMPONENT_FIELDS,
         CUSTOM_COMPONENTS,
         is_custom,
+        source_text,
     )
+
+    def known(key: str) -> bool:  # registered, from a file with the same text as the saved one
+        registered = CUSTOM_COMPONENTS.get(key)
+        saved = model_dir / f"{key.partition(':')[0]}.py"
+        if registered is None or not saved.is_file():
+            return False
+        return source_text(registered) == saved.read_text(encoding="utf-8")
 
     missing = {
         field: config[field]
         for field in COMPONENT_FIELDS
-        if is_custom(config.get(field)) and config[field] not in CUSTOM_COMPONENTS
+        if is_custom(config.get(field)) and not known(config[field])
     }
     if not missing:
         return

@@ -166,16 +166,48 @@ def test_arguments_a_component_cannot_keep_are_refused():
         ForgatherConfig(feedforward=lambda config: nn.Identity(), **SIZE)
 
 
-def test_a_file_named_like_a_model_file_or_a_second_class_of_the_same_key_is_refused(tmp_path):
+def test_a_file_named_like_a_model_file_is_refused(tmp_path):
     (tmp_path / "norms.py").write_text("from torch import nn\nclass Norm(nn.LayerNorm): pass\n")
     with pytest.raises(ValueError, match="norms.py, a name forgather's own model files use"):
         ForgatherConfig(norm=load_file_module(str(tmp_path / "norms.py")).Norm, **SIZE)
-    (tmp_path / "other").mkdir()
-    twin = tmp_path / "other" / "cosine_attention.py"
-    twin.write_text("from torch import nn\nclass ScaleNorm(nn.LayerNorm): pass\n")
-    ForgatherConfig(norm=EXAMPLE.ScaleNorm, **SIZE)
-    with pytest.raises(ValueError, match="two different classes are named"):
-        ForgatherConfig(norm=load_file_module(str(twin)).ScaleNorm, **SIZE)
+
+
+TWIN = """
+import torch
+from torch import nn
+
+
+class ScaleNorm(nn.Module):  # another version of the example's: a fixed gain of 2
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        return 2.0 * x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+"""
+
+
+def test_two_versions_of_one_component_each_stay_with_their_model(tmp_path):
+    """Same key, different code (an edited project file, an older saved model): a model is saved
+    with the class it was built with, and a directory loads with its own copy."""
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cosine_attention.py").write_text(TWIN)
+    twin = load_file_module(str(tmp_path / "v2" / "cosine_attention.py")).ScaleNorm
+    torch.manual_seed(0)
+    first = build_model(preset="tiny_llama_4m", norm=EXAMPLE.ScaleNorm, **SIZE).eval()
+    second = build_model(preset="tiny_llama_4m", norm=twin, **SIZE).eval()
+    assert CUSTOM_COMPONENTS["cosine_attention:ScaleNorm"] is twin  # the latest wins
+    saved = save_model_dir(first, tmp_path / "first")  # built with the example's version
+    assert (saved / "cosine_attention.py").read_text() == (
+        REPO / "examples" / "custom_attention" / "cosine_attention.py"
+    ).read_text()
+    with torch.no_grad():
+        expected = first(IDS).logits
+    loaded, _, _ = load_causal_lm(saved, require_tokenizer=False)  # registered: the twin
+    assert type(loaded.model.norm).__name__ == "ScaleNorm" and hasattr(loaded.model.norm, "gain")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, expected)
+    assert type(second.model.norm) is twin
 
 
 def test_converting_to_hugging_face_names_the_components_it_cannot_express(tmp_path):

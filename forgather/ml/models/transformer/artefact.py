@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .custom_components import COMPONENT_FIELDS, is_custom, lookup
+from .custom_components import COMPONENT_FIELDS, component_key, is_custom, lookup
 
 FORMAT = 1
 """The format of saved directories this code writes (config.json's `forgather_format`; absent:
@@ -50,7 +50,7 @@ def write_model_code(model: Any, directory: str | os.PathLike) -> None:
     for source in package_source_files():
         if source.name != REGISTRY_FILE and source.resolve() != (out / source.name).resolve():
             shutil.copyfile(source, out / source.name)
-    _write_components(config, out)
+    _write_components(config, out, _classes_in_use(model))
     config_path = out / "config.json"
     if config_path.exists():
         fields = json.loads(config_path.read_text(encoding="utf-8"))
@@ -63,7 +63,13 @@ def write_model_code(model: Any, directory: str | os.PathLike) -> None:
         )
 
 
-def _write_components(config: Any, out: Path) -> None:
+def _classes_in_use(model: Any) -> dict[str, type]:
+    """The classes the model's modules are, by component key (empty for a bare config)."""
+    modules = getattr(model, "modules", None)
+    return {component_key(type(m)): type(m) for m in modules()} if callable(modules) else {}
+
+
+def _write_components(config: Any, out: Path, in_use: dict[str, type]) -> None:
     """custom_components.py: the package's registry, plus (when the config names components of
     the user's own) imports of their copied source files that fill it."""
     text = (PACKAGE_DIR / REGISTRY_FILE).read_text(encoding="utf-8")
@@ -76,7 +82,7 @@ def _write_components(config: Any, out: Path) -> None:
         entries = []
         for key in keys:
             field = next(f for f in COMPONENT_FIELDS if getattr(config, f, None) == key)
-            cls = lookup(field, key, ())
+            cls = in_use.get(key) or lookup(field, key, ())  # what the model was built with
             source = inspect.getsourcefile(cls)
             if source is None:
                 raise ValueError(f"{field}={key!r}: the source file of {cls!r} cannot be found")

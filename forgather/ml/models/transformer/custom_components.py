@@ -47,7 +47,10 @@ def component_key(cls: type) -> str:
 
 
 def register(field: str, value: Any) -> str:
-    """Register a component class (or a ``!partial`` of one without arguments) and return its key."""
+    """Register a component class (or a ``!partial`` of one without arguments) and return its key.
+
+    The latest registration of a key wins: a model is built right after its config names its
+    classes, and a saved model records the classes its modules actually are (see artefact)."""
     cls = value
     if not isinstance(value, type) and isinstance(getattr(value, "func", None), type):
         # functools.partial, or the callable a config's `!partial` builds (the same attributes)
@@ -70,12 +73,6 @@ def register(field: str, value: Any) -> str:
             f"{field}: {cls.__qualname__} is defined in {stem}.py, a name forgather's own model "
             "files use; rename the file"
         )
-    known = CUSTOM_COMPONENTS.get(key)
-    if known is not None and known is not cls and _source(known) != _source(cls):
-        raise ValueError(
-            f"{field}: two different classes are named {key!r} ({_source(known)} and "
-            f"{_source(cls)}); rename one"
-        )
     CUSTOM_COMPONENTS[key] = cls
     return key
 
@@ -97,5 +94,10 @@ def is_custom(value: Any) -> bool:
     return isinstance(value, str) and ":" in value
 
 
-def _source(cls: type) -> str | None:
-    return getattr(sys.modules.get(cls.__module__), "__file__", None)
+def source_text(cls: type) -> str | None:
+    """The text of the file that defines `cls` (None when it has none)."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    try:
+        return Path(file).read_text(encoding="utf-8") if file else None
+    except OSError:
+        return None
