@@ -128,6 +128,8 @@ def save_model_config(
     if config is None or not hasattr(config, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} has no Hugging Face config to save")
     config.save_pretrained(out)
+    if is_forgather_model(model):  # what the model's own save_pretrained adds to a full save
+        write_model_code(model, out)
     _save_loading_files(model, out, tokenizer)
     return out
 
@@ -142,8 +144,6 @@ def _save_loading_files(model: nn.Module, out: Path, tokenizer: Any) -> None:
     # The model's own class (save_pretrained of an FSDP2-sharded model would name FSDP<Class>).
     config["architectures"] = [model_class_name(model)]
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if is_forgather_model(model):  # save_pretrained did it; a config-only save did not
-        write_model_code(model, out)
 
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

@@ -100,7 +100,7 @@ def update_model(
     from transformers import AutoModelForCausalLM
 
     from forgather.ml.convert.convert import max_logit_difference
-    from forgather.ml.models.loading import check_code_dir
+    from forgather.ml.models.loading import check_code_dir, saved_dtype_name
     from forgather.ml.models.save import check_new_model_dir, write_new_model_dir
     from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
 
@@ -139,8 +139,7 @@ def update_model(
             f"the current code computes different logits than the code {src} was saved with "
             f"(max difference {difference:.3g} > --tolerance {tolerance:g}); nothing written"
         )
-    dtype = str(fields.get("dtype") or fields.get("torch_dtype") or "float32")
-    model = model.to(getattr(torch, dtype, torch.float32))
+    model = model.to(getattr(torch, saved_dtype_name(src)))
     write_new_model_dir(model, dst, tokenizer)
     say(f"wrote {dst} (format {version} -> {FORMAT})")
     return Updated(src, dst, version, FORMAT, done, difference)

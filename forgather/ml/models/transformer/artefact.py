@@ -98,8 +98,6 @@ def _write_components(config: Any, out: Path, in_use: dict[str, type]) -> None:
 def _model_class_name(model: Any) -> str:
     """The model's own class (an FSDP2-sharded model's class is a generated FSDP<Class>)."""
     for cls in type(model).__mro__:
-        if cls.__module__ == f"{__package__}.modeling_forgather" or cls.__module__.endswith(
-            ".modeling_forgather"
-        ):
+        if cls.__module__.endswith(".modeling_forgather"):  # installed or remote-code package
             return cls.__name__
     return type(model).__name__
