@@ -73,6 +73,7 @@ def load_custom_components(
     from forgather.ml.models.transformer.custom_components import (
         COMPONENT_FIELDS,
         CUSTOM_COMPONENTS,
+        FUNCTION_FIELDS,
         is_custom,
         source_text,
     )
@@ -107,8 +108,9 @@ def load_custom_components(
         component: Any = load_file_module(str(source))
         for part in name.split("."):
             component = getattr(component, part, None)
-        if not isinstance(component, type):
-            raise ModelNotFoundError(f"{source} defines no class {name} ({field}={key!r})")
+        what = "function" if field in FUNCTION_FIELDS else "class"
+        if not (callable(component) if what == "function" else isinstance(component, type)):
+            raise ModelNotFoundError(f"{source} defines no {what} {name} ({field}={key!r})")
         CUSTOM_COMPONENTS[key] = component
 
 

@@ -138,6 +138,11 @@ def _grow_embeddings(model: Any, size: int, new_ids: list[int], init: str) -> No
     """Rows for ids up to `size` (more rows if needed), the rows of `new_ids` set by `init` in the
     input embedding and (when untied) the output head."""
     embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        raise VocabError(
+            f"the model's input encoder is a {type(embedding).__name__}, not an nn.Embedding: "
+            "adding tokens resizes only nn.Embedding rows (input_encoder in config.json)"
+        )
     old_rows = embedding.weight.shape[0]
     if size > old_rows:
         model.resize_token_embeddings(size, mean_resizing=False)

@@ -219,3 +219,115 @@ def test_converting_to_hugging_face_names_the_components_it_cannot_express(tmp_p
     with pytest.raises(UnsupportedFeature, match="attention=cosine_attention:CosineAttention"):
         convert(out, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+# ---- the slots beyond the layer: positional encoding, input encoder, init function
+
+SLOTS = load_file_module(str(REPO / "tests" / "fixtures" / "components" / "own_slots.py"))
+
+
+def test_a_rotary_module_of_your_own_is_applied_to_queries_and_keys():
+    """ThetaRotary re-implements the built-in RoPE: with the same weights, the same logits; a
+    different theta changes them (so the module is what attention used)."""
+    torch.manual_seed(0)
+    builtin = build_model(preset="tiny_llama_4m", rope_theta=500.0, **SIZE).eval()
+    own = build_model(
+        preset="tiny_llama_4m", rope_theta=500.0, positional_encoding=SLOTS.ThetaRotary, **SIZE
+    ).eval()
+    assert own.config.positional_encoding == "own_slots:ThetaRotary"
+    assert type(own.model.rotary) is SLOTS.ThetaRotary and own.model.absolute_positions is None
+    own.load_state_dict(builtin.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(own(IDS).logits, builtin(IDS).logits)
+        own.model.rotary.theta = 10000.0
+        assert not torch.allclose(own(IDS).logits, builtin(IDS).logits)
+
+
+def test_an_absolute_position_module_of_your_own_is_added_to_the_embeddings_and_trains():
+    model = build_model(
+        preset="tiny_llama_4m", positional_encoding=SLOTS.GatedSinusoid, **SIZE
+    ).train()
+    assert model.model.rotary is None
+    assert type(model.model.absolute_positions) is SLOTS.GatedSinusoid
+    assert "model.absolute_positions.gain" in model.state_dict()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    assert model.model.absolute_positions.gain.grad.abs().sum() > 0
+
+
+def test_an_input_encoder_of_your_own_replaces_the_embedding_and_can_be_tied():
+    model = build_model(
+        preset="tiny_llama_4m", input_encoder=SLOTS.ScaledEmbedding, tie_word_embeddings=True,
+        **SIZE,
+    )  # fmt: skip
+    assert model.config.input_encoder == "own_slots:ScaledEmbedding"
+    assert type(model.get_input_embeddings()) is SLOTS.ScaledEmbedding
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    hidden = model.model(IDS, use_cache=False).last_hidden_state
+    assert hidden.shape == (*IDS.shape, SIZE["hidden_size"])
+    untied = build_model(
+        preset="tiny_llama_4m", input_encoder=SLOTS.FactorizedEmbedding,
+        tie_word_embeddings=False, **SIZE,
+    )  # fmt: skip
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    untied(input_ids=IDS, labels=IDS).loss.backward()
+    assert untied.model.embed_tokens.small.weight.grad is not None
+    with pytest.raises(ValueError, match=r"input encoder 'own_slots:FactorizedEmbedding' needs a"):
+        build_model(
+            preset="tiny_llama_4m", input_encoder=SLOTS.FactorizedEmbedding,
+            tie_word_embeddings=True, **SIZE,
+        )  # fmt: skip
+
+
+def test_an_init_function_of_your_own_initialises_every_module():
+    model = build_model(
+        preset="tiny_llama_4m", init_scheme=SLOTS.uniform_init, initializer_range=0.01, **SIZE
+    )
+    assert model.config.init_scheme == "own_slots:uniform_init"
+    linear = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    assert all(w.abs().max() <= 0.01 for w in linear)
+    # uniform, not normal: |w| spread evenly up to the bound (a normal(0.01) would pass 0.01 often)
+    every = torch.cat([w.flatten() for w in linear])
+    assert every.abs().max() > 0.0099 and abs(every.abs().mean().item() - 0.005) < 5e-4
+
+
+def test_the_slots_save_and_load_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(
+        preset="tiny_llama_4m", positional_encoding=SLOTS.GatedSinusoid,
+        input_encoder=SLOTS.ScaledEmbedding, init_scheme=SLOTS.uniform_init,
+        tie_word_embeddings=True, **SIZE,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.model.absolute_positions.gain.mul_(3.0)  # a trained value, not the init's
+        expected = model(IDS).logits
+    out = save_model_dir(model, tmp_path / "saved")
+    registry = (out / "custom_components.py").read_text()
+    assert "from .own_slots import uniform_init" in registry
+    assert (out / "own_slots.py").read_text() == Path(SLOTS.__file__).read_text()
+    torch.save(expected, tmp_path / "expected.pt")
+    child = textwrap.dedent(
+        f"""
+        import torch
+        from forgather.ml.models.loading import load_causal_lm
+        model, _, _ = load_causal_lm({str(out)!r}, require_tokenizer=False)
+        assert type(model.model.absolute_positions).__name__ == "GatedSinusoid"
+        with torch.no_grad():
+            logits = model(torch.tensor({IDS.tolist()!r})).logits
+        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_slot_components_that_cannot_work_are_refused_by_field():
+    with pytest.raises(ValueError, match=r"positional_encoding='own_slots:Unlabelled'.*`kind`"):
+        build_model(preset="tiny_llama_4m", positional_encoding=SLOTS.Unlabelled, **SIZE)
+    with pytest.raises(ValueError, match="init_scheme must be a built-in name or a function"):
+        ForgatherConfig(init_scheme=SLOTS.ScaledEmbedding, **SIZE)
+    with pytest.raises(ValueError, match="input_encoder must be a built-in name or a class"):
+        ForgatherConfig(input_encoder=SLOTS.uniform_init, **SIZE)
+    with pytest.raises(ValueError, match="positional_encoding must be one of rope, alibi"):
+        ForgatherConfig(positional_encoding="xpos", **SIZE)

@@ -31,6 +31,9 @@ EXAMPLE_COMPONENTS = load_file_module(
         / "cosine_attention.py"
     )
 )
+OWN_SLOTS = load_file_module(
+    str(Path(__file__).resolve().parents[2] / "fixtures" / "components" / "own_slots.py")
+)
 INPUT_IDS = [[5, 17, 33, 2, 9, 41, 60, 11], [7, 7, 81, 23, 50, 3, 19, 92]]
 
 CONFIGS = {
@@ -54,6 +57,12 @@ CONFIGS = {
         attention=EXAMPLE_COMPONENTS.CosineAttention,
         norm=EXAMPLE_COMPONENTS.ScaleNorm,
         num_key_value_heads=2,
+    ),
+    "own_positions_encoder_init": dict(  # tests/fixtures/components/own_slots.py
+        positional_encoding=OWN_SLOTS.ThetaRotary,
+        input_encoder=OWN_SLOTS.ScaledEmbedding,
+        init_scheme=OWN_SLOTS.uniform_init,
+        tie_word_embeddings=True,
     ),
     "post_ln_sinusoidal_flex": dict(
         attention_backend="flex" if flex_skip_reason() is None else "sdpa",

@@ -111,3 +111,30 @@ def test_the_command_refuses_an_eos_outside_the_vocabulary_and_writes_nothing(mo
         "added 4 token(s) (<|im_start|> 400, <|im_end|> 401, Knightley 402, <|pad|> 403)"
         in done.output
     )
+
+
+def test_an_input_encoder_of_your_own_is_refused_by_name_and_nothing_written(tmp_path):
+    from pathlib import Path
+
+    from forgather.config.specs import load_file_module
+    from forgather.ml.data.corpus import embedded_texts
+    from forgather.ml.data.tokenizer import train_tokenizer
+    from forgather.ml.models.factory import build_model
+    from forgather.ml.models.save import save_model_dir
+
+    slots = load_file_module(
+        str(Path(__file__).resolve().parents[2] / "fixtures" / "components" / "own_slots.py")
+    )
+    tokenizer = train_tokenizer(embedded_texts("validation")[:2], vocab_size=300)
+    model = build_model(
+        preset="tiny_llama_4m", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        input_encoder=slots.FactorizedEmbedding,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    source = save_model_dir(model, tmp_path / "model", tokenizer=tokenizer)
+    spec = tmp_path / "chatml.yaml"
+    spec.write_text(CHATML)
+    with pytest.raises(VocabError, match="input encoder is a FactorizedEmbedding, not an nn.Emb"):
+        update_vocab(source, tmp_path / "out", spec)
+    assert not (tmp_path / "out").exists()

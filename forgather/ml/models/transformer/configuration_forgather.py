@@ -21,6 +21,7 @@ POSITIONAL_ENCODINGS = ("rope", "alibi", "sinusoidal", "learned", "none")
 ROPE_SCALING_TYPES = ("linear", "llama3", "ntk_by_parts", "yarn")
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex")
 INIT_SCHEMES = ("normal", "scaled", "small_init", "deepnet")
+INPUT_ENCODERS = ("embedding",)
 
 # Defaults of the optional keys of each ``rope_scaling`` type ("factor" is always required).
 ROPE_SCALING_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -90,8 +91,9 @@ class ForgatherConfig(PretrainedConfig):
     """Hyper-parameters of :class:`ForgatherForCausalLM`.
 
     Every choice is a plain string so the config round-trips through ``config.json``: a built-in
-    name, or for ``attention``, ``feedforward``, ``norm`` and ``layer_type`` also a class of your
-    own (given as the class; stored as its key, see ``custom_components``).
+    name, or for ``attention``, ``feedforward``, ``norm``, ``layer_type``, ``positional_encoding``
+    and ``input_encoder`` also a class of your own, for ``init_scheme`` a function of your own
+    (given as the class or function; stored as its key, see ``custom_components``).
     See ``docs/models/index.md`` for the meaning of each field.
     """
 
@@ -115,7 +117,7 @@ class ForgatherConfig(PretrainedConfig):
         feedforward: str = "swiglu",
         hidden_act: str | None = None,
         qk_norm: bool = False,
-        positional_encoding: str = "rope",
+        positional_encoding: Any = "rope",
         rope_theta: float = 10000.0,
         rope_scaling: dict[str, Any] | None = None,
         attention_backend: str = "sdpa",
@@ -123,7 +125,8 @@ class ForgatherConfig(PretrainedConfig):
         mlp_bias: bool = False,
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
-        init_scheme: str | None = None,
+        init_scheme: Any = None,
+        input_encoder: Any = "embedding",
         embedding_scale: float | None = None,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
@@ -172,7 +175,7 @@ class ForgatherConfig(PretrainedConfig):
         self.norm_eps = float(norm_eps)
         self.layer_type = _component("layer_type", layer_type, LAYER_TYPES)
         self.qk_norm = bool(qk_norm)
-        self.positional_encoding = _choice(
+        self.positional_encoding = _component(
             "positional_encoding", positional_encoding, POSITIONAL_ENCODINGS
         )
         if self.positional_encoding == "rope" and self.head_dim % 2:
@@ -186,7 +189,8 @@ class ForgatherConfig(PretrainedConfig):
         self.initializer_range = float(initializer_range)
         if init_scheme is None:
             init_scheme = "deepnet" if self.layer_type == "deepnet" else "normal"
-        self.init_scheme = _choice("init_scheme", init_scheme, INIT_SCHEMES)
+        self.init_scheme = _component("init_scheme", init_scheme, INIT_SCHEMES)
+        self.input_encoder = _component("input_encoder", input_encoder, INPUT_ENCODERS)
         self.embedding_scale = None if embedding_scale is None else float(embedding_scale)
         self.dropout = float(dropout)
         self.attention_dropout = float(attention_dropout)

@@ -1,7 +1,8 @@
 """Components a model uses beyond the built-in ones, by key.
 
-A config field that takes a component (``attention``, ``feedforward``, ``norm``, ``layer_type``)
-holds a built-in name or the key ``"<file stem>:<ClassName>"`` of a class in ``CUSTOM_COMPONENTS``.
+A config field that takes a component (``attention``, ``feedforward``, ``norm``, ``layer_type``,
+``positional_encoding``, ``input_encoder``; ``init_scheme`` takes a function) holds a built-in name
+or the key ``"<file stem>:<name>"`` of a class (or function) in ``CUSTOM_COMPONENTS``.
 In forgather's package the registry starts empty and fills as models are configured with classes
 (``build_model(attention=MyAttention)``, a config's ``!partial:/path/my_attention.py:MyAttention``).
 A saved model directory gets its own version of this file, which imports the copied source of each
@@ -14,13 +15,25 @@ Part of the self-contained remote-code package: standard library only.
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 CUSTOM_COMPONENTS: dict[str, type] = {}
 
-COMPONENT_FIELDS = ("attention", "feedforward", "norm", "layer_type")
+COMPONENT_FIELDS = (
+    "attention",
+    "feedforward",
+    "norm",
+    "layer_type",
+    "positional_encoding",
+    "input_encoder",
+    "init_scheme",
+)
 """The config fields that take a component."""
+
+FUNCTION_FIELDS = ("init_scheme",)
+"""The component fields that take a function rather than a class."""
 
 # The package's own module names: a component file may not take one (the saved directory holds both).
 RESERVED_STEMS = (
@@ -47,24 +60,27 @@ def component_key(cls: type) -> str:
 
 
 def register(field: str, value: Any) -> str:
-    """Register a component class (or a ``!partial`` of one without arguments) and return its key.
+    """Register a component class (a function for ``init_scheme``), or a ``!partial`` of one without
+    arguments, and return its key.
 
     The latest registration of a key wins: a model is built right after its config names its
     classes, and a saved model records the classes its modules actually are (see artefact)."""
+    wants = _is_function if field in FUNCTION_FIELDS else _is_class
+    what = "function" if field in FUNCTION_FIELDS else "class"
     cls = value
-    if not isinstance(value, type) and isinstance(getattr(value, "func", None), type):
+    if not wants(value) and wants(getattr(value, "func", None)):
         # functools.partial, or the callable a config's `!partial` builds (the same attributes)
         if getattr(value, "args", ()) or getattr(value, "keywords", {}):
             raise ValueError(
-                f"{field}: a component is given as a class; its options go in the model config "
-                f"(the class reads them from the config it is built with), got arguments "
+                f"{field}: a component is given as a {what}; its options go in the model config "
+                f"(it reads them from the config it is given), got arguments "
                 f"{value.args or ''}{value.keywords or ''}"
             )
         cls = value.func
-    if not isinstance(cls, type):
+    if not wants(cls):
         raise ValueError(
-            f"{field} must be a built-in name or a class (e.g. "
-            f"!partial:/path/to/my_module.py:MyClass), got {value!r}"
+            f"{field} must be a built-in name or a {what} (e.g. "
+            f"!partial:/path/to/my_module.py:My{what.title()}), got {value!r}"
         )
     key = component_key(cls)
     stem = key.partition(":")[0]
@@ -77,14 +93,22 @@ def register(field: str, value: Any) -> str:
     return key
 
 
-def lookup(field: str, key: str, builtins: tuple[str, ...] | list[str]) -> type:
-    """The class registered under ``key``, else one clear error naming the field."""
+def _is_class(value: Any) -> bool:
+    return isinstance(value, type)
+
+
+def _is_function(value: Any) -> bool:
+    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType))
+
+
+def lookup(field: str, key: str, builtins: tuple[str, ...] | list[str]) -> Any:
+    """The class (or function) registered under ``key``, else one clear error naming the field."""
     try:
         return CUSTOM_COMPONENTS[key]
     except KeyError:
         raise ValueError(
             f"{field}={key!r} is neither a built-in ({', '.join(builtins)}) nor a component known "
-            "to this process: give the class itself (!partial:/path/to/file.py:Class), or load "
+            "to this process: give it itself (!partial:/path/to/file.py:Name), or load "
             "the saved model directory that carries its source"
         ) from None
 
@@ -94,7 +118,7 @@ def is_custom(value: Any) -> bool:
     return isinstance(value, str) and ":" in value
 
 
-def source_text(cls: type) -> str | None:
+def source_text(cls: Any) -> str | None:
     """The text of the file that defines `cls` (None when it has none)."""
     file = getattr(sys.modules.get(cls.__module__), "__file__", None)
     try:

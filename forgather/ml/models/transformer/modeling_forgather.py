@@ -21,7 +21,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .artefact import write_model_code
 from .attention import build_attention_mask
-from .configuration_forgather import ForgatherConfig
+from .configuration_forgather import (
+    INIT_SCHEMES,
+    INPUT_ENCODERS,
+    POSITIONAL_ENCODINGS,
+    ForgatherConfig,
+)
+from .custom_components import is_custom, lookup
 from .layers import has_final_norm, make_layer
 from .loss import causal_lm_loss, linear_cross_entropy
 from .norms import LayerNorm, RMSNorm, make_norm
@@ -43,6 +49,45 @@ class ForgatherCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus ``last_hidden_state`` (set with ``return_hidden_states``)."""
 
     last_hidden_state: torch.Tensor | None = None
+
+
+POSITION_KINDS = ("absolute", "rotary")
+
+
+def make_input_encoder(config: ForgatherConfig) -> nn.Module:
+    """Token ids -> hidden states: "embedding" (``nn.Embedding``) or a class of your own, built as
+    ``YourClass(config)`` and called as ``forward(input_ids)`` -> (batch, seq, hidden_size)."""
+    if is_custom(config.input_encoder):
+        return lookup("input_encoder", config.input_encoder, INPUT_ENCODERS)(config)
+    return nn.Embedding(config.vocab_size, config.hidden_size)
+
+
+def make_positional_encoding(config: ForgatherConfig) -> tuple[nn.Module | None, nn.Module | None]:
+    """``(rotary, absolute)`` modules for ``config.positional_encoding`` (ALiBi lives in attention).
+
+    A class of your own says which it is by its ``kind`` attribute: "absolute" modules are called
+    as ``forward(position_ids, dtype)`` and their (batch, seq, hidden_size) output is added to the
+    token embeddings; "rotary" modules are called as ``forward(position_ids)`` and return
+    ``(cos, sin)``, each (batch, seq, head_dim), which attention applies to queries and keys."""
+    kind = config.positional_encoding
+    if is_custom(kind):
+        cls = lookup("positional_encoding", kind, POSITIONAL_ENCODINGS)
+        role = getattr(cls, "kind", None)
+        if role not in POSITION_KINDS:
+            raise ValueError(
+                f"positional_encoding={kind!r}: the class needs a `kind` attribute, 'absolute' "
+                f"(its output is added to the embeddings) or 'rotary' (it returns cos, sin); "
+                f"got {role!r}"
+            )
+        module = cls(config)
+        return (module, None) if role == "rotary" else (None, module)
+    if kind == "rope":
+        return RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling), None
+    if kind == "sinusoidal":
+        return None, SinusoidalPositionalEmbedding(config.hidden_size)
+    if kind == "learned":
+        return None, LearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+    return None, None
 
 
 class ForgatherPreTrainedModel(PreTrainedModel):
@@ -78,9 +123,16 @@ class ForgatherPreTrainedModel(PreTrainedModel):
         * ``deepnet``: Xavier-normal, gain ``beta`` on ``value``/``out``, 1 on ``qk``; embeddings
           and head N(0, initializer_range).
         Norm gains are 1, biases 0.
+
+        A function of your own (``init_scheme: !partial:file.py:my_init []``) is called as
+        ``my_init(module, config)`` for every module instead; what it leaves alone keeps the
+        initialisation PyTorch gave it when it was built.
         """
         config = self.config
         scheme = config.init_scheme
+        if is_custom(scheme):
+            lookup("init_scheme", scheme, INIT_SCHEMES)(module, config)
+            return
         d, layers = config.hidden_size, config.num_hidden_layers
         base_std = (
             math.sqrt(2.0 / (5.0 * d)) if scheme == "small_init" else config.initializer_range
@@ -113,26 +165,14 @@ class ForgatherModel(ForgatherPreTrainedModel):
 
     def __init__(self, config: ForgatherConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = make_input_encoder(config)
         self.layers = nn.ModuleList(make_layer(config, i) for i in range(config.num_hidden_layers))
         if has_final_norm(config):
             self.norm = make_norm(config.norm, config.hidden_size, config.norm_eps)
         else:  # post-LN and DeepNet layers already end with a norm
             self.norm = nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
-        pe = config.positional_encoding
-        self.rotary = (
-            RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
-            if pe == "rope"
-            else None
-        )
-        self.absolute_positions: nn.Module | None = None
-        if pe == "sinusoidal":
-            self.absolute_positions = SinusoidalPositionalEmbedding(config.hidden_size)
-        elif pe == "learned":
-            self.absolute_positions = LearnedPositionalEmbedding(
-                config.max_position_embeddings, config.hidden_size
-            )
+        self.rotary, self.absolute_positions = make_positional_encoding(config)
         self.gradient_checkpointing = bool(config.activation_checkpointing)
         self._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
         # with activation checkpointing on: recompute every k-th layer only (1: every layer)
@@ -250,6 +290,18 @@ class ForgatherForCausalLM(ForgatherPreTrainedModel, GenerationMixin):
     def __init__(self, config: ForgatherConfig):
         super().__init__(config)
         self.model = ForgatherModel(config)
+        if config.tie_word_embeddings:
+            weight = getattr(self.model.embed_tokens, "weight", None)
+            if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (
+                config.vocab_size,
+                config.hidden_size,
+            ):
+                raise ValueError(
+                    f"tie_word_embeddings: the input encoder {config.input_encoder!r} needs a "
+                    f"`weight` parameter of shape (vocab_size, hidden_size) = "
+                    f"({config.vocab_size}, {config.hidden_size}) to share with the head; set "
+                    "tie_word_embeddings: false"
+                )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.lm_head.init_role = "head"
         self.post_init()
