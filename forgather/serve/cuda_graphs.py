@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgather.serve.kv_cache import CacheView, SlotKVCache
+from forgather.serve.kv_cache import CacheView, SlotKVCache, visible_keys
 
 MIN_KEYS = 64
 
@@ -43,10 +43,17 @@ class CapturedStep:
 class DecodeGraphs:
     """Captured decode steps of one engine, by (rows, keys)."""
 
-    def __init__(self, forward: Forward, cache: SlotKVCache, positions: torch.Tensor):
+    def __init__(
+        self,
+        forward: Forward,
+        cache: SlotKVCache,
+        positions: torch.Tensor,
+        window: int | None = None,
+    ):
         self.forward = forward
         self.cache = cache
         self.positions = positions
+        self.window = window
         self.steps: dict[tuple[int, int], CapturedStep] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -89,7 +96,8 @@ class DecodeGraphs:
 
         def step() -> torch.Tensor:
             position_ids = inputs[1, :, None]
-            mask = (self.positions[None, :keys] <= position_ids)[:, None, None, :]
+            mask = visible_keys(self.positions[None, :keys], position_ids, self.window)
+            mask = mask[:, None, None, :]
             view = self.cache.decode_view(rows, inputs[2], keys)
             return self.forward(inputs[0, :, None], position_ids, mask, view)
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from forgather.serve.cuda_graphs import DecodeGraphs
-from forgather.serve.kv_cache import CacheView, SlotKVCache
+from forgather.serve.kv_cache import CacheView, SlotKVCache, visible_keys
 from forgather.serve.sampling import (
     RowInput,
     SamplingParams,
@@ -149,6 +149,22 @@ def model_context_length(model: Any) -> int | None:
     return None
 
 
+def attention_window(config: Any) -> int | None:
+    """The sliding window every layer attends within (Mistral's ``sliding_window``, Qwen's when
+    ``use_sliding_window``), None for full attention. The step's mask is one for all layers, so a
+    model that mixes full and sliding layers is refused rather than served wrong."""
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or ())
+    if not window or not getattr(config, "use_sliding_window", True) or kinds == {"full_attention"}:
+        return None
+    if kinds - {"sliding_attention"}:
+        raise ValueError(
+            f"the model mixes attention kinds across layers (layer_types: {sorted(kinds)}); "
+            "the server applies one attention mask to every layer"
+        )
+    return int(window)
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """Every id that ends a sequence: the generation config's, else the model config's, else the tokenizer's."""
     for source in (getattr(model, "generation_config", None), model.config):
@@ -198,9 +214,10 @@ class Engine:
         self.on_step = on_step
         self.cache = SlotKVCache(max_batch_size, max_model_len, self.device, self.dtype)
         self._positions = torch.arange(max_model_len + 1, device=self.device)
+        self.window = attention_window(model.config)
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self.graphs = DecodeGraphs(self._forward, self.cache, self._positions)
+            self.graphs = DecodeGraphs(self._forward, self.cache, self._positions, self.window)
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         )
@@ -456,7 +473,8 @@ class Engine:
         if len(chunks) == 1:
             (group, start, length), parent = chunks[0], chunks[0][0][0]
             positions = self._positions[start : start + length]
-            mask = (self._positions[None, : start + length] <= positions[:, None])[None, None]
+            keys = self._positions[None, : start + length]
+            mask = visible_keys(keys, positions[:, None], self.window)[None, None]
             ids = torch.tensor(
                 [parent.request.prompt_ids[start : start + length]], device=self.device
             )
@@ -473,7 +491,8 @@ class Engine:
             slots.append(parent.slot)
         kv_len = max(start + length for _, start, length in chunks)
         table = torch.tensor([ids, positions, writes], dtype=torch.long, device=self.device)
-        mask = (self._positions[None, None, :kv_len] <= table[1][:, :, None])[:, None]
+        keys = self._positions[None, None, :kv_len]
+        mask = visible_keys(keys, table[1][:, :, None], self.window)[:, None]
         view = self.cache.batch_view(torch.tensor(slots, device=self.device), table[2], kv_len)
         return self._forward(table[0], table[1], mask, view, logits_to_keep=1)
 
@@ -494,7 +513,8 @@ class Engine:
         if logits is None:
             inputs = torch.tensor(table, dtype=torch.long, device=self.device)
             position_ids = inputs[1, :, None]
-            mask = (self._positions[None, :kv_len] <= position_ids)[:, None, None, :]
+            keys = self._positions[None, :kv_len]
+            mask = visible_keys(keys, position_ids, self.window)[:, None, None, :]
             logits = self._forward(
                 inputs[0, :, None],
                 position_ids,

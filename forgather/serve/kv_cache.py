@@ -126,3 +126,14 @@ class CacheView:
 
     def __len__(self) -> int:
         return len(self.store.keys)
+
+
+def visible_keys(
+    key_positions: torch.Tensor, query_positions: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """True where a query at a position may attend the cached key at a position (broadcast):
+    every earlier key and itself, only the last ``window`` of them for a sliding-window model."""
+    allowed = key_positions <= query_positions
+    if window is not None:
+        allowed = allowed & (key_positions > query_positions - window)
+    return allowed

@@ -75,7 +75,7 @@ def convert(
         converter = (
             registry.for_hf(model_type) if model_type else registry.for_forgather(source.config)
         )
-        hf_type = model_type or converter.hf_model_types[0]
+        hf_type = model_type or converter.hf_model_type_for(source.config)
         say(f"reading {path}: a forgather model, {parameters:,} parameters")
         target = _hf_model(converter.from_forgather_config(source.config, hf_type))
         transform, direction = converter.to_hf_state, "forgather -> hf"

@@ -93,8 +93,16 @@ class GPT2:
             and not config.qk_norm
         )
 
+    def hf_model_type_for(self, config: Any) -> str:
+        return "gpt2"
+
     def from_forgather_config(self, config: Any, model_type: str) -> Any:
         from transformers import GPT2Config
+
+        if getattr(config, "sliding_window", None):
+            raise UnsupportedFeature(
+                f"sliding_window={config.sliding_window} (GPT-2 attends to every earlier token)"
+            )
 
         if not self.accepts_forgather(config):
             raise UnsupportedFeature(

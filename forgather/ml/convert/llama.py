@@ -55,12 +55,16 @@ class LlamaFamily:
         get = lambda key, default=None: getattr(hf_config, key, default)  # noqa: E731
         if (act := get("hidden_act", "silu")) != "silu":
             raise UnsupportedFeature(f"hidden_act={act!r} (a SwiGLU family uses 'silu')")
-        if get("use_sliding_window", bool(get("sliding_window"))) and get("sliding_window"):
+        # Mistral has no use_sliding_window (its window applies when set); Qwen3's says whether
+        window = get("sliding_window") if get("use_sliding_window", True) else None
+        kinds = set(get("layer_types") or ())
+        if kinds == {"full_attention"}:
+            window = None
+        elif kinds - {"sliding_attention"} or (kinds and not window):
             raise UnsupportedFeature(
-                f"sliding_window={get('sliding_window')} (forgather has no sliding-window attention)"
+                f"layer_types {sorted(kinds)} (forgather gives every layer the same attention: "
+                "all full, or all with one sliding_window)"
             )
-        if get("layer_types") and any(t != "full_attention" for t in get("layer_types")):
-            raise UnsupportedFeature("layers other than full attention (layer_types)")
         if get("pretraining_tp", 1) not in (None, 1):
             raise UnsupportedFeature(f"pretraining_tp={get('pretraining_tp')}")
         theta, scaling = rope_of(hf_config)
@@ -88,6 +92,7 @@ class LlamaFamily:
             "tie_word_embeddings": bool(get("tie_word_embeddings", False)),
             "initializer_range": get("initializer_range", 0.02),
             "attention_dropout": float(get("attention_dropout", 0.0) or 0.0),
+            "sliding_window": int(window) if window else None,
             "bos_token_id": get("bos_token_id"),
             "eos_token_id": get("eos_token_id"),
             "pad_token_id": get("pad_token_id"),
@@ -102,6 +107,12 @@ class LlamaFamily:
             and config.layer_type == "pre_ln"
             and bool(config.qk_norm) == self.qk_norm
         )
+
+    def hf_model_type_for(self, config: Any) -> str:
+        """Llama's own type, or Mistral's for a model with a sliding window (Llama has none)."""
+        if getattr(config, "sliding_window", None) and "mistral" in self.hf_model_types:
+            return "mistral"
+        return self.hf_model_types[0]
 
     def from_forgather_config(self, config: Any, model_type: str) -> Any:
         from transformers import AutoConfig
@@ -152,8 +163,18 @@ class LlamaFamily:
             fields["rope_theta"] = config.rope_theta
             if config.rope_scaling:
                 fields["rope_scaling"] = dict(config.rope_scaling)
-        if model_type in ("mistral", "qwen3"):
-            fields["sliding_window"] = None
+        window = getattr(config, "sliding_window", None)
+        if model_type == "mistral":
+            fields["sliding_window"] = window
+        elif model_type == "qwen3":  # layers from max_window_layers on use the window: all
+            fields.update(
+                sliding_window=window, use_sliding_window=bool(window), max_window_layers=0
+            )
+        elif window:
+            raise UnsupportedFeature(
+                f"sliding_window={window} ({model_type} has no sliding-window attention; "
+                "write it as mistral: --model-type mistral)"
+            )
         hf_config = config_class(**fields)
         if config.mlp_bias and not getattr(hf_config, "mlp_bias", False):
             raise UnsupportedFeature(f"mlp_bias (the {model_type} family has no MLP biases)")

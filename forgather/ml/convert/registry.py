@@ -21,7 +21,11 @@ class UnsupportedFeature(ForgatherError):
 class Converter(Protocol):
     name: str
     hf_model_types: tuple[str, ...]
-    """Hugging Face `model_type`s this converter reads (the first is the one it writes)."""
+    """Hugging Face `model_type`s this converter reads (and may write)."""
+
+    def hf_model_type_for(self, config: Any) -> str:
+        """The `model_type` to write for the forgather model `config` unless one is asked for."""
+        ...
 
     def to_forgather_config(self, hf_config: Any) -> dict[str, Any]:
         """ForgatherConfig fields for `hf_config`; raises UnsupportedFeature."""

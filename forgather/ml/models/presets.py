@@ -29,7 +29,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # --- CPU-sized members of each family (the same shape as tiny_llama_4m) ---
     "tiny_qwen3": {"base": "tiny_llama_4m", "qk_norm": True, "norm_eps": 1e-6},
-    "tiny_mistral": {"base": "tiny_llama_4m", "num_key_value_heads": 2, "tie_word_embeddings": False},
+    "tiny_mistral": {
+        "base": "tiny_llama_4m", "num_key_value_heads": 2, "tie_word_embeddings": False,
+        "sliding_window": 128,
+    },
     # DeepNet: post-LN with the residual scaled by alpha and DeepNet's init (from the depth)
     "tiny_deepnet": {
         "base": "tiny_llama_4m", "layer_type": "deepnet", "norm": "layernorm",

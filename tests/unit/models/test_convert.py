@@ -78,6 +78,17 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 1, 64, 128, 33, 21, 8, 2, 11, 19,
         ("llama", {"tie_word_embeddings": True}, "mistral"),
         ("qwen3", {"head_dim": 16, "tie_word_embeddings": True}, "qwen3"),
         ("mistral", {"sliding_window": None}, "mistral"),
+        ("mistral", {"sliding_window": 8}, None),  # the window makes it Mistral on the way back
+        (
+            "qwen3",
+            {
+                "head_dim": 16,
+                "use_sliding_window": True,
+                "sliding_window": 8,
+                "max_window_layers": 0,
+            },
+            "qwen3",
+        ),  # fmt: skip
         ("gpt2", {}, "gpt2"),
     ],
 )
@@ -87,9 +98,16 @@ def test_round_trip_keeps_the_logits_and_the_greedy_text(tmp_path, family, overr
     assert ours.direction == "hf -> forgather" and ours.max_abs_diff < 1e-5
     config = json.loads((tmp_path / "forgather" / "config.json").read_text())
     assert config["model_type"] == "forgather-causal-lm" and "auto_map" in config
+    assert config["sliding_window"] == overrides.get("sliding_window")
     back = convert(tmp_path / "forgather", tmp_path / "back", model_type=back_as)
     assert back.direction == "forgather -> hf" and back.max_abs_diff < 1e-5
-    assert json.loads((tmp_path / "back" / "config.json").read_text())["model_type"] == back_as
+    written = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert written["model_type"] == (back_as or family)
+    if overrides.get("sliding_window"):
+        assert written["sliding_window"] == overrides["sliding_window"]
+    if family == "mistral" and overrides["sliding_window"]:
+        with pytest.raises(UnsupportedFeature, match="write it as mistral: --model-type mistral"):
+            convert(tmp_path / "forgather", tmp_path / "as-llama", model_type="llama")
 
     original, hf_model = logits(source, IDS)
     converted, our_model = logits(tmp_path / "forgather", IDS)
@@ -126,7 +144,16 @@ def test_dtype_and_checkpoint_choice(tmp_path):
     ("family", "overrides", "message"),
     [
         ("llama", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
-        ("mistral", {"sliding_window": 8}, "sliding_window=8 (forgather has no sliding-window"),
+        (
+            "qwen3",
+            {
+                "head_dim": 16,
+                "use_sliding_window": True,
+                "sliding_window": 8,
+                "max_window_layers": 1,
+            },
+            "layer_types ['full_attention', 'sliding_attention'] (forgather gives every layer",
+        ),  # fmt: skip
         (
             "llama",
             {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},

@@ -29,11 +29,12 @@ def tokenizer():
     return train_tokenizer(texts, vocab_size=VOCAB, model_max_length=512)
 
 
-def forgather_model(seed: int = 0):
+def forgather_model(seed: int = 0, **fields):
     from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
 
     torch.manual_seed(seed)
     config = ForgatherConfig(
+        **fields,
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -65,6 +66,19 @@ def llama_model(seed: int = 0):
         pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def mistral_model(seed: int = 0, sliding_window: int = 8):
+    """Hugging Face's Mistral with a sliding window (its generate() keeps a sliding cache)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        sliding_window=sliding_window, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    return MistralForCausalLM(config).eval()
 
 
 MODELS = {"forgather": forgather_model, "llama": llama_model}

@@ -8,7 +8,7 @@ import pytest
 
 from forgather.serve.engine import EngineError
 
-from .conftest import PROMPTS, reference
+from .conftest import PROMPTS, forgather_model, mistral_model, reference
 
 pytestmark = pytest.mark.unit
 
@@ -195,3 +195,45 @@ def test_prompts_prefill_together_left_padded_as_if_alone(model, tokenizer):
     expected = torch.cat(alone)
     assert torch.allclose(together, expected, atol=1e-5)
     assert torch.allclose(second, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        pytest.param(lambda: forgather_model(sliding_window=8), id="forgather"),
+        pytest.param(lambda: mistral_model(sliding_window=8), id="mistral"),
+    ],
+)
+def test_a_sliding_window_model_is_served_as_generate_computes_it(
+    make_model, tokenizer, make_engine
+):
+    """Prompts and completions longer than the 8-token window, prefilled in chunks of 5 and
+    decoded together: token for token what generate() gives (which, without the window in the
+    engine's masks, it would not: the completions differ from the full-attention ones)."""
+    model = make_model()
+    engine = make_engine(model, eos_ids=set(), prefill_chunk=5)
+    prompts = [encode(tokenizer, t) for t in PROMPTS]
+    lengths = [20, 9, 14, 17]
+    submitted = [
+        engine.submit(ids, max_tokens=n)[1] for ids, n in zip(prompts, lengths, strict=True)
+    ]
+    for ids, n, collected in zip(prompts, lengths, submitted, strict=True):
+        engine.wait(collected)
+        assert collected.tokens() == reference(model, ids, n)
+    model.config.sliding_window = None
+    full_attention = [reference(model, ids, n) for ids, n in zip(prompts, lengths, strict=True)]
+    assert full_attention != [c.tokens() for c in submitted]
+
+
+def test_a_model_mixing_full_and_sliding_layers_is_refused(tokenizer):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from forgather.serve.engine import Engine
+
+    config = Qwen3Config(
+        vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, use_sliding_window=True,
+        sliding_window=8, max_window_layers=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"mixes attention kinds across layers"):
+        Engine(Qwen3ForCausalLM(config).eval(), tokenizer)

@@ -10,7 +10,8 @@ Backends (``config.attention_backend``):
 All three apply the same mask, built once per forward by :func:`build_attention_mask`:
 causal, plus *document isolation* when ``position_ids`` restart inside a row (packed sequences:
 a token attends only to earlier tokens of its own document), plus key padding from a 2-D
-``attention_mask``. A query always sees its own position, so padded rows never produce NaNs.
+``attention_mask``, plus a *sliding window* (``config.sliding_window = W``: a query sees the last
+W keys, itself included, as Mistral does). A query always sees its own position, so padded rows never produce NaNs.
 A 4-D boolean ``attention_mask`` (batch, 1, queries, keys) is used as given, the Hugging Face
 convention for a prepared mask (the inference server's slot cache passes one per step).
 """
@@ -63,22 +64,53 @@ class AttentionMask:
         key_valid: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         prepared: torch.Tensor | None = None,
+        window: int | None = None,
     ):
         self.batch_size = batch_size
         self.query_length = query_length
         self.past_length = past_length
         self.key_length = past_length + query_length
+        # a window no shorter than the keys hides nothing
+        self.window = window if window is not None and window < self.key_length else None
         self.device = device
         self.key_valid = key_valid
         self.doc_ids = doc_ids
         self._dense: torch.Tensor | None = prepared
         self._block_mask: Any = None
         self._block_mask_built = False
+        self._views: dict[int, AttentionMask] = {}
 
     @property
     def causal_only(self) -> bool:
-        """True when the mask is the plain causal one (no padding, no document boundaries)."""
-        return self.key_valid is None and self.doc_ids is None and self._dense is None
+        """True when the mask is the plain causal one (no padding, no document boundaries, no
+        sliding window that hides keys)."""
+        return (
+            self.key_valid is None
+            and self.doc_ids is None
+            and self._dense is None
+            and self.window is None
+        )
+
+    def for_keys(self, key_length: int) -> AttentionMask:
+        """This mask over the last ``key_length`` keys only: a sliding-window cache (transformers'
+        ``DynamicCache`` for a config with ``sliding_window``) returns the keys still in reach,
+        not all ``self.key_length``; the ones it dropped were outside every query's window."""
+        if key_length == self.key_length:
+            return self
+        if self.window is None or not self.query_length <= key_length < self.key_length:
+            raise RuntimeError(f"{key_length} keys but the mask expects {self.key_length}")
+        view = self._views.get(key_length)
+        if view is None:
+            dense = self.dense()[..., -key_length:]
+            view = AttentionMask(
+                self.batch_size,
+                self.query_length,
+                key_length - self.query_length,
+                self.device,
+                prepared=dense.expand(self.batch_size, *dense.shape[1:]),
+            )
+            self._views[key_length] = view
+        return view
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Absolute indices of the queries and of the keys."""
@@ -90,6 +122,8 @@ class AttentionMask:
         if self._dense is None:
             q_pos, k_pos = self.positions()
             allowed = k_pos[None, :] <= q_pos[:, None]
+            if self.window is not None:
+                allowed = allowed & (q_pos[:, None] - k_pos[None, :] < self.window)
             allowed = allowed[None]  # (1, T, S)
             if self.doc_ids is not None:  # only without cache: keys == queries
                 allowed = allowed & (self.doc_ids[:, :, None] == self.doc_ids[:, None, :])
@@ -101,6 +135,7 @@ class AttentionMask:
 
     def mask_mod(self) -> Callable:
         past, doc_ids, key_valid = self.past_length, self.doc_ids, self.key_valid
+        window = self.window
         if self._dense is not None and key_valid is None and doc_ids is None:
             dense = self._dense
 
@@ -112,6 +147,8 @@ class AttentionMask:
         def mask_mod(b, h, q_idx, kv_idx):
             q_abs = q_idx + past
             allowed = kv_idx <= q_abs
+            if window is not None:
+                allowed = allowed & (q_abs - kv_idx < window)
             if doc_ids is not None:
                 allowed = allowed & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
             if key_valid is not None:
@@ -147,12 +184,15 @@ def build_attention_mask(
     device: torch.device,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> AttentionMask:
     """Collect what the layers need to mask attention for one forward call.
 
     ``attention_mask``: optional 2-D (batch, past + seq) with 1 for real tokens, 0 for padding, or a
     prepared 4-D boolean (batch, 1, seq, past + seq) with True where a query may attend a key.
     ``position_ids``: (batch, seq); restarts mark document boundaries (used only without cache).
+    ``window``: the sliding window in keys (None: all earlier keys); a prepared 4-D mask already
+    says what each query sees, so it is not applied there.
     """
     batch_size, query_length = input_shape
     key_length = past_length + query_length
@@ -184,7 +224,9 @@ def build_attention_mask(
     doc_ids = None
     if position_ids is not None and past_length == 0:
         doc_ids = document_ids(position_ids.to(device))
-    return AttentionMask(batch_size, query_length, past_length, device, key_valid, doc_ids)
+    return AttentionMask(
+        batch_size, query_length, past_length, device, key_valid, doc_ids, window=window
+    )
 
 
 _compiled_flex: Callable | None = None
@@ -264,9 +306,10 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         if k.shape[-2] != mask.key_length:
-            raise RuntimeError(
-                f"layer {self.layer_idx}: {k.shape[-2]} keys but the mask expects {mask.key_length}"
-            )
+            try:
+                mask = mask.for_keys(k.shape[-2])
+            except RuntimeError as error:
+                raise RuntimeError(f"layer {self.layer_idx}: {error}") from None
         dropout = self.attention_dropout if self.training else 0.0
         weights = None
         backend = "eager" if output_attentions else self.backend

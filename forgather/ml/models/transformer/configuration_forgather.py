@@ -121,6 +121,7 @@ class ForgatherConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         rope_scaling: dict[str, Any] | None = None,
         attention_backend: str = "sdpa",
+        sliding_window: int | None = None,
         attention_bias: bool = False,
         mlp_bias: bool = False,
         tie_word_embeddings: bool = False,
@@ -183,6 +184,14 @@ class ForgatherConfig(PretrainedConfig):
         self.rope_theta = float(rope_theta)
         self.rope_scaling = normalize_rope_scaling(rope_scaling, self.max_position_embeddings)
         self.attention_backend = _choice("attention_backend", attention_backend, ATTENTION_BACKENDS)
+        if sliding_window is not None and (
+            isinstance(sliding_window, bool) or int(sliding_window) != sliding_window
+            or sliding_window < 1
+        ):  # fmt: skip
+            raise ValueError(
+                f"sliding_window must be a positive number of tokens or None; got {sliding_window!r}"
+            )
+        self.sliding_window = None if sliding_window is None else int(sliding_window)
         self.attention_bias = bool(attention_bias)
         self.mlp_bias = bool(mlp_bias)
         self.tie_word_embeddings = bool(tie_word_embeddings)

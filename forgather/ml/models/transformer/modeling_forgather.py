@@ -242,7 +242,12 @@ class ForgatherModel(ForgatherPreTrainedModel):
                 position_ids = torch.arange(past_length, past_length + length, device=device)
                 position_ids = position_ids.unsqueeze(0).expand(batch, length)
         mask = build_attention_mask(
-            (batch, length), past_length, device, attention_mask, given_positions
+            (batch, length),
+            past_length,
+            device,
+            attention_mask,
+            given_positions,
+            window=config.sliding_window,
         )
 
         hidden = inputs_embeds

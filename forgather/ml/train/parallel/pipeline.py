@@ -132,7 +132,14 @@ class StageModule(nn.Module):
             hidden = self.dropout(hidden)
         else:
             hidden = x
-        mask = build_attention_mask((batch, length), 0, x.device, attention_mask, position_ids)
+        mask = build_attention_mask(
+            (batch, length),
+            0,
+            x.device,
+            attention_mask,
+            position_ids,
+            window=getattr(self.config, "sliding_window", None),
+        )
         rotary = self.rotary(position_ids) if self.rotary is not None else None
         recompute = self._checkpointing and self.training and torch.is_grad_enabled()
         for layer_id, layer in zip(self.layer_ids, self.layers, strict=True):
