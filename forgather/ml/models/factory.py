@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 
 from .presets import preset as _preset
 from .transformer import ForgatherConfig, ForgatherForCausalLM, ForgatherModel
@@ -90,6 +96,18 @@ def pretrained_model(
         require_tokenizer=False,
     )
     return model.train()
+
+
+def pretrained_tokenizer(path: str, checkpoint: str | None = None) -> Any:
+    """The tokenizer saved with a trained model: what a config that fine-tunes it with
+    :func:`pretrained_model` tokenizes its data with (same ``path`` and ``checkpoint``)."""
+    from .loading import ModelNotFoundError, find_model_dir, model_source
+
+    model_dir, _ = find_model_dir(model_source(path, checkpoint))
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load the tokenizer in {model_dir}: {error}") from None
 
 
 def hf_model_from_config(
