@@ -172,7 +172,7 @@ def max_logit_difference(
     tokens = list(tokenizer(prompt)["input_ids"]) if tokenizer is not None else []
     if not tokens:  # no tokenizer, or one without a vocabulary
         tokens = [i % source.config.vocab_size for i in range(16)]
-    ids = torch.tensor([tokens], dtype=torch.long)
+    ids = torch.tensor([tokens], dtype=torch.long, device=next(source.parameters()).device)
     with torch.no_grad():
         a = source(input_ids=ids, use_cache=False).logits.float()
         b = target(input_ids=ids, use_cache=False).logits.float()

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from forgather.ml.models.transformer import ForgatherConfig, ForgatherForCausalLM
-from tests.remote_venv import remote_venv  # noqa: F401 (the clean venv fixture, shared with e2e)
+from tests.remote_venv import (  # noqa: F401 (venv fixtures, shared with e2e)
+    remote_torchao_venv,
+    remote_venv,
+    torchao_python,
+)
 
 VOCAB = 97
 

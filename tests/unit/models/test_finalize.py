@@ -110,3 +110,96 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path):
         missing.exit_code == 1 and "--checkpoint checkpoint-9: no such checkpoint" in missing.output
     )
     assert not (tmp_path / "c").exists()
+
+
+QUANTISED_CHILD = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("forgather") is None, "forgather is importable"
+import torch
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+ids = torch.tensor([json.loads(sys.argv[2])])
+with torch.no_grad():
+    logits = model(ids).logits
+    out = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+weight = model.model.layers[0].mlp.up_proj.weight
+assert not any(m.startswith("forgather") for m in sys.modules)
+print(json.dumps({"logits": logits[0, -1].tolist(), "new": out[0, ids.shape[1]:].tolist(),
+                  "weight": type(weight).__name__}))
+"""
+
+
+@pytest.mark.slow
+def test_quantize_int8_writes_a_directory_plain_transformers_loads_with_torchao(
+    run_dir, tmp_path, torchao_python, remote_torchao_venv
+):
+    """`--quantize int8` (run where torchao is installed): the linear layers' weights are stored
+    as int8 with scales, config.json says how, and a venv without forgather (torch, transformers,
+    torchao) loads and generates with it, close to the float model."""
+    import subprocess
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from forgather.ml.models.loading import load_causal_lm
+    from tests.remote_venv import clean_env
+
+    repo = Path(__file__).resolve().parents[3]
+    out = tmp_path / "int8"
+    done = subprocess.run(
+        [str(torchao_python), "-m", "forgather.cli.main", "finalize", str(run_dir), str(out),
+         "--checkpoint", "latest", "--quantize", "int8"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(repo)), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(int8 weights, float32 compute); reloaded with transformers" in done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        dtypes = {name: weights.get_slice(name).get_dtype() for name in weights.keys()}  # noqa: SIM118
+    assert dtypes["model.layers.0.mlp.up_proj._weight_qdata"] == "I8"
+    assert dtypes["model.embed_tokens.weight"] == "F32"  # embeddings and head stay as they were
+
+    ids = [1, 2, 3, 50, 60, 70, 80]
+    loaded = subprocess.run(
+        [str(remote_torchao_venv), "-c", QUANTISED_CHILD, str(out), json.dumps(ids)],
+        cwd=tmp_path, env=clean_env(HF_MODULES_CACHE=str(tmp_path / "hf_modules")),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    result = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert result["weight"] == "Int8Tensor" and len(result["new"]) == 6
+    reference, _, _ = load_causal_lm(run_dir / "checkpoints" / "checkpoint-4")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0, -1]
+    difference = (torch.tensor(result["logits"]) - expected).abs().max().item()
+    assert 0 < difference < 0.05 * expected.abs().max().item()  # quantised, and close
+
+    cuda_only = subprocess.run(
+        [str(torchao_python), "-m", "forgather.cli.main", "finalize", str(run_dir),
+         str(tmp_path / "int4"), "--checkpoint", "latest", "--quantize", "int4"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(repo)), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert cuda_only.returncode == 1
+    assert "error: --quantize int4: torchao's int4 weight-only layout" in cuda_only.stderr
+    assert not (tmp_path / "int4").exists()
+
+
+def test_quantize_without_torchao_says_what_to_install(run_dir, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is not None:
+        pytest.skip("torchao is installed here")
+    done = CliRunner().invoke(
+        app, ["finalize", str(run_dir), str(tmp_path / "q"), "--quantize", "int8"]
+    )
+    assert done.exit_code == 1
+    assert "--quantize needs torchao (pip install 'forgather[quantize]')" in done.output
+    assert not (tmp_path / "q").exists()
+    bad = CliRunner().invoke(
+        app, ["finalize", str(run_dir), str(tmp_path / "q"), "--quantize", "int3"]
+    )
+    assert bad.exit_code == 1 and "--quantize must be one of int8, int4; got 'int3'" in bad.output
