@@ -108,3 +108,27 @@ def test_flex_small_head_dim_uses_the_unfused_kernel_on_cuda():
     loss = model(ids, position_ids=position_ids, attention_mask=mask, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss) and model.lm_head.weight.grad is not None
+
+
+def test_finalize_quantize_int4_loads_and_generates_on_cuda(tmp_path):
+    """`finalize --quantize int4 --device cuda`: tile-packed int4 weights, bf16 compute; the
+    directory loads quantised with transformers and stays close to the bf16 model."""
+    pytest.importorskip("torchao.quantization", reason="--quantize needs torchao")
+    from transformers import AutoModelForCausalLM
+
+    from forgather.ml.models.finalize import finalize
+    from forgather.ml.models.save import save_model_dir
+
+    model = tiny_model(hidden_size=256, intermediate_size=512, num_attention_heads=4)
+    save_model_dir(model, tmp_path / "src")
+    done = finalize(tmp_path / "src", tmp_path / "int4", quantize="int4", group_size=64,
+                    device="cuda")  # fmt: skip
+    assert done.quantize == "int4" and done.dtype == "bfloat16" and 0 < done.max_abs_diff < 0.5
+    loaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "int4", trust_remote_code=True, device_map="cuda"
+    ).eval()
+    assert "Int4" in type(loaded.model.layers[0].mlp.up_proj.weight).__name__
+    ids = torch.tensor([[1, 5, 9, 13, 40, 41, 42]], device="cuda")
+    with torch.no_grad():
+        out = loaded.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 12)
