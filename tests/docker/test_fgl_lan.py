@@ -450,7 +450,7 @@ def test_elastic_run_loses_a_node_and_finishes_on_the_survivor(
     ws = LOCAL_DISK / f"ws-{tmp_path.name}"
     for node in lan.nodes:
         (node.local_dir / ws.name).mkdir(parents=True)
-    steps = 120
+    steps = 48  # node 1 crashes at step 10; node 0 alone does the rest
     train = [
         "forgather", "-p", TINY_LLAMA, "train", "--max-steps", str(steps),
         "--output-dir", str(ws / "tiny"), f"trainer_args.eval_steps={steps}",

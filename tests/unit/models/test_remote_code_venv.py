@@ -58,6 +58,19 @@ CONFIGS = {
         norm=EXAMPLE_COMPONENTS.ScaleNorm,
         num_key_value_heads=2,
     ),
+    "gpt2_like": dict(  # the tiny_gpt2 preset's choices
+        norm="layernorm",
+        feedforward="mlp",
+        hidden_act="gelu_new",
+        positional_encoding="learned",
+        attention_bias=True,
+        mlp_bias=True,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    ),
+    "mistral_sliding_window": dict(  # generation crosses the 5-token window
+        num_key_value_heads=2, sliding_window=5, tie_word_embeddings=False
+    ),
     "own_positions_encoder_init": dict(  # tests/fixtures/components/own_slots.py
         positional_encoding=OWN_SLOTS.ThetaRotary,
         input_encoder=OWN_SLOTS.ScaledEmbedding,
