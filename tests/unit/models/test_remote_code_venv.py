@@ -15,6 +15,7 @@ import transformers
 from safetensors.torch import load_file
 
 from forgather.config.specs import load_file_module
+from forgather.ml.models.finalize import finalize
 from forgather.ml.models.save import save_model_dir
 from tests.remote_venv import TORCH_VERSION
 from tests.remote_venv import clean_env as _clean_env
@@ -87,6 +88,8 @@ CONFIGS = {
 
 # saved with a plain `model.save_pretrained(dir)`, not forgather's save_model_dir
 PLAIN_SAVE = ("own_attention_and_norm",)
+# saved, then handed over with `forgather finalize` (what is loaded is the finalized directory)
+FINALIZED = ("gpt2_like",)
 
 CHILD = textwrap.dedent(
     """
@@ -124,6 +127,9 @@ def saved_models(tmp_path_factory) -> dict[str, tuple[Path, object]]:
         if name in PLAIN_SAVE:  # the model's own save_pretrained writes a complete directory
             model.save_pretrained(root / name)
             models[name] = (root / name, model)
+        elif name in FINALIZED:
+            saved = save_model_dir(model, root / f"{name}-saved")
+            models[name] = (finalize(saved, root / name).destination, model)
         else:
             models[name] = (save_model_dir(model, root / name), model)
     return models
