@@ -14,6 +14,8 @@ between rows):
 * `ours_compiled`  forgather's model (the same shape, tied embeddings) in the same plain loop;
 * `trainer_logits` forgather's `Trainer` (`torch_compile`, `bf16`) with the loss from the logits
                    (`fused_loss: off`, the trainer before the fused loss);
+* `trainer_model_loss` the same with the model's own loss from the labels (`fused_loss: model`:
+                   head and loss compiled together, as in `ours_compiled`'s loop);
 * `trainer_fused`  the same with the fused linear cross-entropy (`fused_loss: auto`: Liger's kernel
                    when `liger-kernel` is installed, else the chunked PyTorch loop);
 * `trainer_fused_torch` the same with `fused_loss: torch` (only when Liger is installed);
@@ -70,6 +72,7 @@ SHAPES = {
 FAST = dict(bf16=True, torch_compile=True)
 TRAINER_ROWS: dict[str, dict] = {
     "trainer_logits": {**FAST, "fused_loss": "off"},
+    "trainer_model_loss": {**FAST, "fused_loss": "model"},
     "trainer_fused": {**FAST, "fused_loss": "auto"},
     "trainer_fused_torch": {**FAST, "fused_loss": "torch"},
     "trainer_fused_obw": {
@@ -92,7 +95,7 @@ TRAINER_ROWS: dict[str, dict] = {
     },
 }  # fmt: skip
 ROWS = ("hf_compiled", "ours_compiled", *TRAINER_ROWS)
-DEFAULT_ROWS = ROWS[:7]
+DEFAULT_ROWS = ROWS[:8]
 FP8_ROWS = tuple(row for row, settings in TRAINER_ROWS.items() if settings.get("fp8"))
 ABLATION_ROWS = tuple(r for r in ROWS if r.startswith("abl_"))
 

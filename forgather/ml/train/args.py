@@ -25,7 +25,7 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
 PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
 PIPELINE_SPLITTERS = ("auto", "manual", "torch")
-FUSED_LOSSES = ("auto", "off", "torch", "liger")
+FUSED_LOSSES = ("auto", "off", "model", "torch", "liger")
 MAX_STEPS = 1_000_000_000  # a run of more optimizer steps is a typo, not a plan
 MAX_EPOCHS = 1_000_000
 # The fields that change a run's optimisation: a checkpoint records them, a resume compares them.
@@ -238,7 +238,10 @@ class TrainingArguments:
     a chunk of tokens at a time, so the (tokens x vocab) logits never exist: "torch" (chunked
     PyTorch, any device), "liger" (Liger-Kernel's Triton kernel, CUDA, `pip install liger-kernel`),
     "auto" (on CUDA: liger when installed, else torch; off on CPU) or "off" (the loss from the
-    logits). Other models and a custom `compute_loss_func` use the logits ("auto" falls back)."""
+    logits). Other models and a custom `compute_loss_func` use the logits ("auto" falls back).
+    "model": any causal LM computes its own loss from the labels inside its forward, so under
+    `torch_compile` the head and the loss compile together (the logits exist, but in the fastest
+    form; the fused choices save their memory instead)."""
 
     optimizer_in_backward: bool = False
     """Step each parameter's optimizer in the backward pass, as soon as its gradient is complete,

@@ -320,14 +320,21 @@ class Trainer:
         return causal_lm_loss(logits, labels)
 
     def _choose_loss_impl(self) -> str | None:
-        """The fused loss backend the model computes its loss with (`fused_loss`), or None: the
-        trainer computes it from the logits."""
+        """The fused loss backend the model computes its loss with (`fused_loss`), "model" (the
+        model's own loss from the labels), or None: the trainer computes it from the logits."""
         import inspect
 
         from forgather.ml.models.transformer.loss import resolve_impl
         from forgather.ml.unwrap import unwrap_model
 
         choice = self.args.fused_loss
+        if choice == "model":
+            if self.compute_loss_func is not None:
+                raise ValueError(
+                    "fused_loss=model: the model computes its own loss, but a compute_loss_func "
+                    "is given; use fused_loss=off to have it used"
+                )
+            return "model"
         if choice == "off" or self.compute_loss_func is not None:
             return None
         model = unwrap_model(self.model)
@@ -374,6 +381,8 @@ class Trainer:
         labels = inputs.pop("labels", None)
         if labels is None:
             labels = inputs["input_ids"]
+        if self._loss_impl == "model":  # the model's own loss from the labels, in its forward
+            return model(**inputs, **self._no_cache, labels=labels).loss
         if self._loss_impl is not None:  # the model computes it, fused with its head
             return model(**inputs, **self._no_cache, labels=labels, loss_impl=self._loss_impl).loss
         outputs = model(**inputs, **self._no_cache)

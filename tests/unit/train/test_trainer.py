@@ -413,7 +413,7 @@ def test_the_fused_loss_trains_a_forgather_model_like_the_loss_from_logits(tmp_p
     from tests.unit.train._tiny import tiny_forgather
 
     runs = {}
-    for choice in ("off", "torch"):
+    for choice in ("off", "torch", "model"):
         recorder = Recorder()
         args = TrainingArguments(
             output_dir=str(tmp_path / choice),
@@ -434,18 +434,20 @@ def test_the_fused_loss_trains_a_forgather_model_like_the_loss_from_logits(tmp_p
             eval_dataset=ProgressionDataset(8, seed=2),
             callbacks=[recorder],
         )
-        assert trainer._loss_impl == (None if choice == "off" else "torch")
+        assert trainer._loss_impl == {"off": None}.get(choice, choice)
         trainer.train()
         runs[choice] = (recorder.logs, trainer.model.state_dict())
-    (plain_logs, plain_weights), (fused_logs, fused_weights) = runs["off"], runs["torch"]
+    plain_logs, plain_weights = runs["off"]
     assert len([r for r in plain_logs if "loss" in r]) == 6
-    for a, b in zip(plain_logs, fused_logs, strict=True):
-        for key in ("loss", "grad_norm", "eval_loss"):
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
-    for name, tensor in plain_weights.items():
-        # Adam magnifies float rounding where a gradient is near zero: 5e-5 as the dist tests
-        torch.testing.assert_close(fused_weights[name], tensor, rtol=1e-4, atol=5e-5)
+    for choice in ("torch", "model"):  # fused with the head; the model's own loss from labels
+        fused_logs, fused_weights = runs[choice]
+        for a, b in zip(plain_logs, fused_logs, strict=True):
+            for key in ("loss", "grad_norm", "eval_loss"):
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=1e-5), (choice, a["step"], key)
+        for name, tensor in plain_weights.items():
+            # Adam magnifies float rounding where a gradient is near zero: 5e-5 as the dist tests
+            torch.testing.assert_close(fused_weights[name], tensor, rtol=1e-4, atol=5e-5)
 
 
 def test_a_fused_loss_the_model_or_device_cannot_run_is_one_clear_error(tmp_path):
@@ -462,6 +464,18 @@ def test_a_fused_loss_the_model_or_device_cannot_run_is_one_clear_error(tmp_path
     ):
         make(tiny_forgather(), "liger")
     assert make(tiny_llama(), "auto")._loss_impl is None  # falls back to the logits
+    own, plain = make(tiny_llama(), "model"), make(tiny_llama(), "off")
+    assert own._loss_impl == "model"  # any causal LM has its own loss: transformers' here
+    batch = {"input_ids": torch.stack([ProgressionDataset(8)[i]["input_ids"] for i in range(4)])}
+    torch.testing.assert_close(
+        own.compute_loss(own.model, batch), plain.compute_loss(plain.model, batch)
+    )
+    with pytest.raises(ValueError, match="fused_loss=model: the model computes its own loss, but"):
+        Trainer(
+            args=TrainingArguments(output_dir=str(tmp_path), fused_loss="model", device="cpu"),
+            model=tiny_llama(), train_dataset=ProgressionDataset(8),
+            compute_loss_func=lambda outputs, labels: outputs.logits.mean(),
+        )  # fmt: skip
     assert make(tiny_forgather(), "auto")._loss_impl is None  # on CPU: the plain loss
     with pytest.raises(ValueError, match="fused_loss must be one of"):
         TrainingArguments(output_dir=str(tmp_path), fused_loss="yes")
