@@ -1,6 +1,8 @@
 """Command-line overrides: `trainer_args.max_steps=100` replaces one value in a loaded config graph.
 
-The value is YAML (so `100` is an int, `[1, 2]` a list, `!call:math:sqrt [4]` a node). A path must name a
+The value is YAML read by YAML 1.2's core schema, as people type on command lines: `100` is an int,
+`1e-3` a float, `true`/`false` booleans, `null` None, `no`/`off`/`yes`/`on` strings (so
+`eval_strategy=no` means "no"), `[1, 2]` a list, `!call:math:sqrt [4]` a node. A path must name a
 value that exists; prefix it with `+` to add a new key (`+trainer_args.new_key=1`) and with `~` to delete one
 (`~callbacks.tb`). Every override lands in the graph's provenance.
 """
@@ -14,7 +16,7 @@ from forgather.config import errors
 from forgather.config.graph import child, resolve_path
 from forgather.config.nodes import CallableNode, ConfigList, ConfigMapping, DListNode, VarNode
 from forgather.config.origin import Origin
-from forgather.config.yaml_graph import parse_graph
+from forgather.config.yaml_graph import CoreSchemaLoader, parse_graph
 
 OVERRIDE_SOURCE = "<command line>"
 
@@ -66,7 +68,7 @@ def _value(override: Override) -> Any:
     if override.value_text.strip() == "":
         return ""
     try:
-        return parse_graph(override.value_text, source=override.text)
+        return parse_graph(override.value_text, source=override.text, loader_class=CoreSchemaLoader)
     except errors.ConfigError as error:
         raise errors.OverrideError(
             f"{override.text!r}: {error.message}", override.origin(), key=override.path

@@ -260,10 +260,46 @@ GraphLoader.yaml_implicit_resolvers = {
 }
 
 
-def parse_graph(text: str, rendered: Rendered | None = None, source: str = "<config>") -> Any:
-    """Parse YAML text into a config graph; errors name the template file and line."""
+class CoreSchemaLoader(GraphLoader):
+    """A GraphLoader that reads plain scalars by YAML 1.2's core schema, the way command lines are
+    typed: only true/false are booleans and null/~ null (`no`, `on`, `off`, `yes` stay strings),
+    `1e-3` is a float, `010` is ten. Used for `key=value` overrides, not for config files."""
+
+
+def _core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_scalar(node)
+    return int(value, 0) if value[:2] in ("0o", "0x") else int(value, 10)
+
+
+CoreSchemaLoader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+    ("merge", r"^(?:<<)$", "<"),
+):
+    CoreSchemaLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first)
+    )
+CoreSchemaLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
+
+
+def parse_graph(
+    text: str,
+    rendered: Rendered | None = None,
+    source: str = "<config>",
+    loader_class: type[GraphLoader] = GraphLoader,
+) -> Any:
+    """Parse YAML text into a config graph; errors name the template file and line.
+    `loader_class`: CoreSchemaLoader for text typed on a command line."""
     try:
-        loader = GraphLoader(text, rendered, source)  # the reader checks every character here
+        loader = loader_class(text, rendered, source)  # the reader checks every character here
     except yaml.reader.ReaderError as error:
         line = text.count("\n", 0, max(error.position, 0)) + 1
         origin = rendered.origin(line) if rendered else Origin(source, line)

@@ -142,6 +142,29 @@ def test_override_value_is_yaml():
     assert config.build("main") == {"a": [1, 2.5, "x"]}
 
 
+@pytest.mark.parametrize(
+    ("typed", "value"),
+    [
+        ("no", "no"), ("yes", "yes"), ("on", "on"), ("off", "off"), ("NO", "NO"),
+        ("true", True), ("False", False), ("null", None), ("~", None),
+        ("1e-3", 0.001), ("-2.5E+2", -250.0), (".inf", float("inf")), ("010", 10),
+        ("0x1f", 31), ("0o17", 15), ("7", 7), ("[no, 1e-3, off]", ["no", 0.001, "off"]),
+        ("'1e-3'", "1e-3"), ("2024-01-02", "2024-01-02"),
+    ],
+)  # fmt: skip
+def test_override_values_read_as_typed_on_a_command_line(typed, value):
+    """YAML 1.2 core, as Hugging Face-style command lines are typed: `eval_strategy=no` is the
+    string "no" (YAML 1.1 would read False), `learning_rate=1e-3` a float (1.1: a string)."""
+    config = config_of("main: {a: 1}")
+    apply_overrides(config.graph, [f"main.a={typed}"])
+    assert config.build("main") == {"a": value}
+
+
+def test_config_files_keep_their_yaml_reading():
+    config = config_of("main: {a: no, b: 1e-3}")  # a config file is YAML as PyYAML reads it
+    assert config.build("main") == {"a": False, "b": "1e-3"}
+
+
 def test_override_value_may_be_a_node():
     config = config_of("main: {a: 1}")
     apply_overrides(config.graph, ["main.a=!call:len [[1, 2, 3]]"])
