@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,27 @@ class ConfigLoader(BaseLoader):
                         names.add(rel.replace(os.sep, "/"))
         return sorted(names)
 
+    def unclosed_tag_origin(self, jinja_filename: str | None, tag: str) -> Origin | None:
+        """Where the innermost `tag` (block, for, if, ...) that is never closed opens: Jinja only
+        notices at the end of the template, the mistake is at the opening line."""
+        loaded = self.by_filename.get(jinja_filename or "")
+        if loaded is None:
+            return None
+        opened: list[int] = []
+        pattern = re.compile(r"\{%[-+]?\s*(end)?(\w+)([^%]*)")
+        for lineno, line in enumerate(loaded.jinja_source.split("\n"), start=1):
+            for match in pattern.finditer(line):
+                if match.group(2) != tag or (tag == "set" and "=" in match.group(3)):
+                    continue
+                if match.group(1):
+                    if opened:
+                        opened.pop()
+                else:
+                    opened.append(lineno)
+        if not opened:
+            return None
+        return Origin(loaded.file, loaded.first_line + opened[-1] - 1, loaded.name)
+
     def origin_of(self, jinja_filename: str | None, lineno: int | None) -> Origin | None:
         """Translate a Jinja (filename, line) pair into a template file and line."""
         loaded = self.by_filename.get(jinja_filename or "")
@@ -143,6 +165,10 @@ class ConfigLoader(BaseLoader):
         # Jinja reports an unclosed tag one line past the end; name the template's last line instead.
         lineno = min(max(lineno or 1, 1), loaded.text.count("\n") + 1)
         return Origin(loaded.file, loaded.first_line + lineno - 1, loaded.name)
+
+
+# Jinja's message for a tag never closed: "... The innermost block that needs to be closed is 'for'."
+UNCLOSED_RE = re.compile(r"innermost block that needs to be closed is '(\w+)'")
 
 
 class ConfigEnvironment(SandboxedEnvironment):
@@ -193,6 +219,12 @@ class ConfigEnvironment(SandboxedEnvironment):
             raise
         except jinja2.TemplateSyntaxError as error:
             origin = self.config_loader.origin_of(error.filename, error.lineno)
+            unclosed = UNCLOSED_RE.search(error.message or "")
+            if unclosed:  # name the line that opens it, not the end of the template
+                origin = (
+                    self.config_loader.unclosed_tag_origin(error.filename, unclosed.group(1))
+                    or origin
+                )
             if origin is None and error.name:
                 origin = Origin(error.name, error.lineno or 0, error.name)
             raise errors.TemplateSyntaxError(strip_markers(error.message or ""), origin) from None

@@ -290,6 +290,21 @@ for _tag, _pattern, _first in (
 CoreSchemaLoader.add_constructor("tag:yaml.org,2002:int", _core_int)
 
 
+def _never_closed(error: yaml.MarkedYAMLError) -> bool:
+    """Whether the error is a quoted scalar or flow collection that is never closed."""
+    context = error.context or ""
+    return error.context_mark is not None and (
+        "end of stream" in (error.problem or "")
+        or context.startswith(("while scanning a quoted scalar", "while parsing a flow"))
+    )
+
+
+def _line(line: int, rendered: Rendered | None) -> int:
+    """A rendered text's line as the template file's line (as is without a source map)."""
+    origin = rendered.origin(line) if rendered else None
+    return origin.line if origin is not None and origin.line else line
+
+
 def parse_graph(
     text: str,
     rendered: Rendered | None = None,
@@ -316,10 +331,14 @@ def parse_graph(
         raise
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
+        message = " ".join(part for part in (error.context, error.problem) if part)
+        if _never_closed(error) and error.context_mark.line != mark.line:
+            # a quote or bracket left open: the mistake is where it opens, not where YAML gave up
+            message += f" (noticed at line {_line(mark.line + 1, rendered)})"
+            mark = error.context_mark
         origin = None
         if mark is not None:
             origin = rendered.origin(mark.line + 1) if rendered else Origin(source, mark.line + 1)
-        message = " ".join(part for part in (error.context, error.problem) if part)
         cls = (
             errors.UnknownTagError
             if "could not determine a constructor" in message

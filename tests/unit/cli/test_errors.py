@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 # name -> (config text, command, what the error line must name besides the kind)
 CASES = {
     "yaml_syntax": (body_config("main: [1, 2"), ["construct"], ["bad.yaml:3", "YAML syntax error"]),
-    "jinja_syntax": (body_config("-- if x"), ["pp"], ["bad.yaml:4", "template syntax error"]),
+    "jinja_syntax": (body_config("-- if x"), ["pp"], ["bad.yaml:3", "template syntax error"]),
     "undefined_variable": (
         body_config("main: {{ nope }}"),
         ["pp"],

@@ -314,6 +314,21 @@ def test_jinja_syntax_error_in_a_parent_names_the_parent(tmp_path):
     assert (info.value.origin.file, info.value.origin.line) == (parent, 2)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: 1\n-- block body\nb: 2\n\nc: 3\n", 2),  # a block never closed
+        ("-- block body\n-- for x in [1]\nb: {{ x }}\n-- endblock\nc: 3\n", 2),
+        ("-- for x in [1]\n-- endfor\n-- if true\na: 1\n-- for y in [2]\n-- endfor\nb\n", 3),
+    ],
+)
+def test_a_tag_never_closed_is_named_where_it_opens(tmp_path, text, line):
+    path = write(tmp_path, "open.yaml", text)
+    with pytest.raises(errors.TemplateSyntaxError) as info:
+        ConfigEnvironment([tmp_path]).render("open.yaml")
+    assert (info.value.origin.file, info.value.origin.line) == (path, line)
+
+
 def test_unclosed_statement_is_a_syntax_error():
     with pytest.raises(errors.TemplateSyntaxError, match="endif"):
         render("-- if true\na: 1")

@@ -362,6 +362,14 @@ def test_merge_key_list_merges_several():
     assert dict(graph["c"]) == {"x": 1, "y": 2}
 
 
+def test_merge_key_precedence_follows_the_yaml_spec():
+    """In `<<: [*a, *b]` the earlier mapping wins a key both have; keys written in the mapping
+    itself win over merged ones, before or after the `<<` line."""
+    text = "a: &a {x: 1, y: 1, w: 1}\nb: &b {x: 2, z: 2, w: 2}\nc:\n  w: 0\n  <<: [*a, *b]\n  y: 3"
+    assert dict(parse(text)["c"]) == {"w": 0, "x": 1, "y": 3, "z": 2}
+    assert load_config_string(text).build("c") == {"w": 0, "x": 1, "y": 3, "z": 2}
+
+
 def test_merge_of_a_sequence_is_a_yaml_error():
     with pytest.raises(errors.YamlSyntaxError, match="merg"):
         parse("a: &a [1]\nb:\n  <<: *a")
@@ -446,8 +454,31 @@ def test_unhashable_key_is_a_graph_error():
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     with pytest.raises(errors.YamlSyntaxError) as info:
-        load_file(tmp_path, "a: 1\nb: [1, 2\nc: 3\n")
-    assert (info.value.origin.file, info.value.origin.line) == (str(tmp_path / "c.yaml"), 3)
+        load_file(tmp_path, "a: 1\nb: : 2\nc: 3\n")
+    assert (info.value.origin.file, info.value.origin.line) == (str(tmp_path / "c.yaml"), 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "noticed"),
+    [
+        ('main:\n  a: "unclosed\n  b: 2\n  c: 3\n', 2, 4),  # a quote never closed
+        ("a: 1\nb: [1, 2\nc: 3\n", 2, 3),  # a bracket never closed
+        ("a: 1\nb: {x: 1,\n  y: 2\nc: 3\n", 2, 4),
+    ],
+)
+def test_something_left_open_is_named_where_it_opens(tmp_path, text, line, noticed):
+    with pytest.raises(errors.YamlSyntaxError) as info:
+        load_file(tmp_path, text)
+    assert (info.value.origin.file, info.value.origin.line) == (str(tmp_path / "c.yaml"), line)
+    assert f"(noticed at line {noticed})" in info.value.message
+
+
+def test_a_yaml_error_in_a_sub_template_names_its_own_file_line(tmp_path):
+    """`#---- name ----` sub-templates are carved out of a file: the line is the file's."""
+    text = 'main:\n  a: 1\n-- include "inner"\n#---- inner ----\nx: 1\ny: "open\nz: 3\n'
+    with pytest.raises(errors.YamlSyntaxError) as info:
+        load_file(tmp_path, text)
+    assert (info.value.origin.file, info.value.origin.line) == (str(tmp_path / "c.yaml"), 6)
 
 
 def test_yaml_syntax_error_in_a_parent_line_names_the_parent(tmp_path):
