@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from forgather.cli import common
 from forgather.cli.common import EXTRA_ARGS, OVERRIDES_HELP
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from forgather.config.explain import DiffEntry
 
 
 def explain(
@@ -38,7 +43,7 @@ def diff(
 
     Exits 0 whether or not they differ.
     """
-    from forgather.config.explain import diff_configs, render_diff
+    from forgather.config.explain import diff_configs
 
     (config_a, config_b), tokens = common.positionals(ctx, [config_a, config_b])
     project_a = common.load(ctx, config_a, tokens)
@@ -69,6 +74,36 @@ def validate(ctx: typer.Context) -> None:
         raise problems[-1]
     count = sum(1 for node in iter_nodes(graph) if isinstance(node, CallableNode))
     typer.echo(f"OK: {count} nodes checked")
+
+
+STATUS_STYLE = {"changed": "yellow", "added": "green", "removed": "red"}
+
+
+def render_diff(entries: list[DiffEntry], name_a: str, name_b: str) -> Table:
+    """A table of the differences: key, A value, where A set it, B value, where B set it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from forgather.config.explain import format_origin, format_value
+
+    table = Table(title=f"{name_a} vs {name_b}", show_lines=False)
+    table.add_column("key", overflow="fold")
+    table.add_column(f"{name_a} value", overflow="fold")
+    table.add_column(f"{name_a} set at", overflow="fold")
+    table.add_column(f"{name_b} value", overflow="fold")
+    table.add_column(f"{name_b} set at", overflow="fold")
+    for entry in entries:
+        style = STATUS_STYLE.get(entry.status, "")
+        a_missing = entry.status == "added"
+        b_missing = entry.status == "removed"
+        table.add_row(
+            Text(entry.path, style=style),
+            Text("—" if a_missing else format_value(entry.a_value, 60)),
+            Text("" if a_missing else format_origin(entry.a_origin), style="dim"),
+            Text("—" if b_missing else format_value(entry.b_value, 60)),
+            Text("" if b_missing else format_origin(entry.b_origin), style="dim"),
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.table import Table
-from rich.text import Text
-
 from forgather.config.graph import Config, provenance_of, walk
 from forgather.config.nodes import CallableNode, DListNode, VarNode
 from forgather.config.origin import Origin
@@ -259,33 +256,6 @@ def _paths(value: Any) -> Iterable[str]:
         yield path
 
 
-# ---- tables ----------------------------------------------------------------------------------
-
-STATUS_STYLE = {"changed": "yellow", "added": "green", "removed": "red"}
-
-
-def render_diff(entries: list[DiffEntry], name_a: str, name_b: str) -> Table:
-    """A table of the differences: key, A value, where A set it, B value, where B set it."""
-    table = Table(title=f"{name_a} vs {name_b}", show_lines=False)
-    table.add_column("key", overflow="fold")
-    table.add_column(f"{name_a} value", overflow="fold")
-    table.add_column(f"{name_a} set at", overflow="fold")
-    table.add_column(f"{name_b} value", overflow="fold")
-    table.add_column(f"{name_b} set at", overflow="fold")
-    for entry in entries:
-        style = STATUS_STYLE.get(entry.status, "")
-        a_missing = entry.status == "added"
-        b_missing = entry.status == "removed"
-        table.add_row(
-            Text(entry.path, style=style),
-            Text("—" if a_missing else format_value(entry.a_value, 60)),
-            Text("" if a_missing else format_origin(entry.a_origin), style="dim"),
-            Text("—" if b_missing else format_value(entry.b_value, 60)),
-            Text("" if b_missing else format_origin(entry.b_origin), style="dim"),
-        )
-    return table
-
-
 __all__ = [
     "DiffEntry",
     "Explanation",
@@ -293,7 +263,6 @@ __all__ = [
     "explain",
     "format_origin",
     "format_value",
-    "render_diff",
     "render_explanation",
     "template_chain",
 ]

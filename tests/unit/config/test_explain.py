@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
+from forgather.cli.explain import render_diff
 from forgather.config import errors
 from forgather.config.environment import ConfigEnvironment
 from forgather.config.explain import (
@@ -18,7 +19,6 @@ from forgather.config.explain import (
     explain,
     format_origin,
     format_value,
-    render_diff,
     render_explanation,
     template_chain,
 )
