@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import inspect
 import keyword
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,44 +53,39 @@ GREEK = (
 )  # fmt: skip
 MAIN = None  # the scope of the function body itself; other scopes are `!var` names (their default blocks)
 
-# Helpers written into the generated module when it needs them. Fixed text, never mixed with config data.
-LOAD_SYMBOL_SOURCE = '''
-def _load_symbol(path, symbol, searchpath):
-    """Load `symbol` from the Python file at `path` (once per path, as forgather does)."""
-    import hashlib
-    import importlib.machinery
-    import importlib.util
-    import os
-    import re
-    import sys
 
-    path = os.path.abspath(path)
-    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-    stem = re.sub(r"\\W", "_", os.path.splitext(os.path.basename(path))[0])
-    name = f"forgather_dynamic.{stem}_{digest}"
-    module = sys.modules.get(name)
-    if module is None:
-        if "forgather_dynamic" not in sys.modules:
-            package = importlib.util.module_from_spec(
-                importlib.machinery.ModuleSpec("forgather_dynamic", None, is_package=True)
-            )
-            package.__path__ = []
-            sys.modules["forgather_dynamic"] = package
-        locations = [os.path.abspath(p) for p in searchpath] or [os.path.dirname(path)]
-        spec = importlib.util.spec_from_file_location(
-            name, path, submodule_search_locations=locations
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-    return getattr(module, symbol)
-'''
+# Helpers written into the generated module when it needs them. Fixed text, never mixed with config data.
+def _file_loader_source() -> str:
+    """`_load_symbol(path, symbol, searchpath)` for generated modules: forgather's own file loader
+    (specs.file_module_name and specs.load_file_module, nested, annotations dropped, the standard
+    modules they use imported inside), so generated code loads a file exactly as a build does."""
+    from forgather.config import specs
+
+    outer = ast.parse(
+        "def _load_symbol(path, symbol, searchpath):\n"
+        "    import hashlib\n    import importlib.machinery\n    import importlib.util\n"
+        "    import os\n    import re\n    import sys\n"
+        "    return getattr(load_file_module(path, searchpath), symbol)\n"
+    ).body[0]
+    assert isinstance(outer, ast.FunctionDef)
+    nested = []
+    for function in (specs.file_module_name, specs.load_file_module):
+        (definition,) = ast.parse(textwrap.dedent(inspect.getsource(function))).body
+        assert isinstance(definition, ast.FunctionDef)
+        definition.returns = None
+        if isinstance(definition.body[0], ast.Expr) and isinstance(
+            getattr(definition.body[0], "value", None), ast.Constant
+        ):
+            definition.body = definition.body[1:]  # the docstring
+        for argument in ast.walk(definition.args):
+            if isinstance(argument, ast.arg):
+                argument.annotation = None
+        nested.append(definition)
+    outer.body[-1:-1] = nested
+    return ast.unparse(outer) + "\n"
+
+
+LOAD_SYMBOL_SOURCE = _file_loader_source()
 HELPER_SOURCES = {
     "_load_symbol": LOAD_SYMBOL_SOURCE,
     "_call": "def _call(function, *args, **kwargs):\n    return function(*args, **kwargs)\n",

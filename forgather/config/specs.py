@@ -83,7 +83,10 @@ def file_module_name(path: str) -> str:
 
 
 def load_file_module(path: str, searchpath: Sequence[str] = ()) -> Any:
-    """Load a Python file as a module (once per path); `searchpath` serves its relative imports."""
+    """Load a Python file as a module (once per path); `searchpath` serves its relative imports.
+
+    Generated code (codegen) carries this function's and file_module_name's source as its file
+    loader: keep them to the standard modules imported at the top of this file."""
     path = os.path.abspath(path)
     name = file_module_name(path)
     module = sys.modules.get(name)
