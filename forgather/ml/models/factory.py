@@ -17,13 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 
 from .presets import preset as _preset
 from .transformer import ForgatherConfig, ForgatherForCausalLM, ForgatherModel
@@ -98,16 +92,14 @@ def pretrained_model(
     return model.train()
 
 
-def pretrained_tokenizer(path: str, checkpoint: str | None = None) -> Any:
+def pretrained_tokenizer(
+    path: str, checkpoint: str | None = None, trust_remote_code: bool = True
+) -> Any:
     """The tokenizer saved with a trained model: what a config that fine-tunes it with
     :func:`pretrained_model` tokenizes its data with (same ``path`` and ``checkpoint``)."""
-    from .loading import ModelNotFoundError, find_model_dir, model_source
+    from .loading import load_tokenizer_of, model_source
 
-    model_dir, _ = find_model_dir(model_source(path, checkpoint))
-    try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"cannot load the tokenizer in {model_dir}: {error}") from None
+    return load_tokenizer_of(model_source(path, checkpoint), trust_remote_code)
 
 
 def hf_model_from_config(

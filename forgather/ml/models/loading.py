@@ -247,6 +247,29 @@ def _load_checkpoint_weights(model: Any, model_dir: Path, checkpoint: Path) -> N
         ) from None
 
 
+def _tokenizer(model_dir: Path, config: Any, trust: bool) -> Any:
+    """The tokenizer saved in `model_dir`; given the model's config, AutoTokenizer does not read
+    (and ask about) the directory's own code."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, config=config, trust_remote_code=trust)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load the tokenizer in {model_dir}: {error}") from None
+
+
+def load_tokenizer_of(path: str | Path, trust_remote_code: bool = True) -> Any:
+    """The tokenizer saved with the model at `path` (a model directory or checkpoint), loaded as
+    `load_causal_lm` loads it, without the weights."""
+    model_dir, _ = find_model_dir(path)
+    config_class, _, trust = _model_loaders(model_dir, trust_remote_code)
+    try:
+        config = config_class.from_pretrained(model_dir, trust_remote_code=trust)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load the config in {model_dir}: {error}") from None
+    return _tokenizer(model_dir, config, trust)
+
+
 def load_causal_lm(
     path: str | Path,
     device: str = "cpu",
@@ -260,7 +283,6 @@ def load_causal_lm(
     `check_code_dir`. Without ``require_tokenizer`` a directory without tokenizer files gives
     None for the tokenizer instead of an error.
     """
-    from transformers import AutoTokenizer
 
     model_dir, checkpoint = find_model_dir(path)
     device = resolve_device(device)
@@ -283,11 +305,10 @@ def load_causal_lm(
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"cannot load the model in {model_dir}: {error}") from None
     try:
-        # given the config, AutoTokenizer does not read (and ask about) the directory's own
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, **code)
-    except (OSError, ValueError) as error:
+        tokenizer = _tokenizer(model_dir, config, trust)
+    except ModelNotFoundError:
         if require_tokenizer:
-            raise ModelNotFoundError(f"cannot load the tokenizer in {model_dir}: {error}") from None
+            raise
         tokenizer = None
     if checkpoint is not None:
         _load_checkpoint_weights(model, model_dir, checkpoint)
