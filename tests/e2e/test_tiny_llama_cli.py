@@ -215,6 +215,39 @@ def test_resume_continues_from_latest_checkpoint(train, tmp_path):
     assert tree_digest(output_dir) == before
 
 
+def test_streaming_config_trains_and_resumes_with_the_straight_runs_losses(forgather, tmp_path):
+    """train_streaming.yaml: the corpus read as a stream; a run resumed from its step-4 checkpoint
+    (the later one removed, as after a crash) logs the straight run's losses for steps 5-8."""
+    import shutil
+
+    def train_stream(output_dir, *extra):
+        return forgather(
+            "-p", PROJECT, "-t", "train_streaming.yaml", "train", "--output-dir", output_dir,
+            "--max-steps", "8", "trainer_args.save_steps=4", "trainer_args.logging_steps=1",
+            "trainer_args.eval_steps=100", "+main.do_eval=false", "main.sample_prompts=[]",
+            *SMALL, *extra,
+        )  # fmt: skip
+
+    straight = train_stream(tmp_path / "a")
+    assert straight.returncode == 0, straight.describe()
+    checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-4"
+    assert (checkpoint / "data_state_rank0.pt").is_file()
+    shutil.copytree(checkpoint, tmp_path / "b" / "checkpoints" / "checkpoint-4")
+    resumed = train_stream(tmp_path / "b", "--resume", "latest")
+    assert resumed.returncode == 0, resumed.describe()
+
+    def losses(output_dir):
+        return {
+            r["global_step"]: r["loss"]
+            for run_dir in run_dirs(output_dir)
+            for r in read_logs(run_dir)
+            if "loss" in r
+        }
+
+    expected = {step: loss for step, loss in losses(tmp_path / "a").items() if step > 4}
+    assert losses(tmp_path / "b") == expected
+
+
 # ---- 4. DDP ---------------------------------------------------------------------------------------
 
 

@@ -74,6 +74,16 @@ def _accepts(function: Callable, name: str) -> bool:
     )
 
 
+def stream_columns(dataset: Any) -> list[str] | None:
+    """A streaming dataset's columns; read from its first row when its features are not declared
+    (json and text streams), None when it has no rows."""
+    if dataset.column_names is not None:
+        return dataset.column_names
+    for row in dataset.take(1):
+        return list(row)
+    return None
+
+
 def preprocess_dataset(
     dataset: Any,
     tokenizer: Any,
@@ -87,6 +97,7 @@ def preprocess_dataset(
     num_proc: int | None = None,
     desc: str | None = None,
     remove_columns: bool | list[str] = True,
+    batch_size: int = 1000,
 ) -> Any:
     """Tokenize `dataset` with `map_fn` (default `block_tokenize_fn`) in batches; returns the new dataset.
 
@@ -104,7 +115,8 @@ def preprocess_dataset(
       the barrier is used only if a process group is initialized.
 
     `num_proc` and `desc` go to `Dataset.map`; a streaming `IterableDataset` is mapped lazily (neither
-    is used there).
+    is used there). `batch_size` is the number of documents per call of `map_fn`: packing works within
+    one call, so it is also the packing buffer.
     """
     import datasets
 
@@ -117,7 +129,7 @@ def preprocess_dataset(
     if "feature" not in kwargs and _accepts(function, "feature"):
         kwargs["feature"] = feature
     streaming = isinstance(dataset, datasets.IterableDataset)
-    columns = dataset.column_names
+    columns = dataset.column_names if not streaming else stream_columns(dataset)
     if columns is not None and feature not in columns and kwargs.get("feature") == feature:
         raise DatasetError(
             f"preprocess_dataset: no feature {feature!r} (columns: {', '.join(columns)})"
@@ -140,14 +152,17 @@ def preprocess_dataset(
         remove = list(remove_columns)
     map_args: dict[str, Any] = {
         "batched": True,
+        "batch_size": batch_size,
         "fn_kwargs": kwargs,
         "remove_columns": remove,
     }
     if not streaming:
         map_args["num_proc"] = num_proc
         map_args["desc"] = desc or f"Tokenizing ({getattr(function, '__name__', 'map_fn')})"
+    if streaming:  # lazy: nothing is computed or cached now, so no rank waits for another
+        return dataset.map(function, **map_args)
     with local_main_process_first():
         return dataset.map(function, **map_args)
 
 
-__all__ = ["local_main_process_first", "preprocess_dataset", "select_indices"]
+__all__ = ["local_main_process_first", "preprocess_dataset", "select_indices", "stream_columns"]

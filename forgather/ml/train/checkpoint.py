@@ -53,9 +53,11 @@ from forgather.ml.train.checkpoint_format import (
     checkpoints_dir,
     file_entries,
     is_complete,
+    is_rank_file,
     latest_checkpoint,
     list_checkpoints,
     manifest_problem,
+    rank_data_file,
     read_manifest,
     resolve_checkpoint,
     rng_file,
@@ -145,6 +147,7 @@ class LoadedCheckpoint:
     trainer_state: dict[str, Any]
     data_state: dict[str, Any]
     rng_state: dict[str, Any]
+    rank_data_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -324,12 +327,14 @@ class CheckpointManager:
         metrics: dict[str, float] | None = None,
         tokenizer: Any = None,
         strategy: Any = None,
+        rank_data_state: dict[str, Any] | None = None,
     ) -> Path:
         """Write checkpoint `step` atomically (all ranks call this); returns its final path.
 
         `model` is the module the optimizer's parameters belong to (sharded or not, not a DDP
         wrapper); `strategy` (a `parallel.Strategy`, None for plain) decides how the optimizer
-        state is stored. A complete checkpoint of the same step already on disk is kept as it is.
+        state is stored. `rank_data_state`, this rank's own data position (a stream's), is written
+        beside its RNG state. A complete checkpoint of the same step already on disk is kept as it is.
         """
         final = self.dir / f"checkpoint-{step}"
         temp = self.dir / f".tmp-checkpoint-{step}-{self.writer}"
@@ -363,6 +368,8 @@ class CheckpointManager:
             _fsync(temp / STATE_FILE)
             _save_loading_files(model, temp / HF_DIR, tokenizer)
         _torch_save(rng_state, temp / rng_file(self.rank))
+        if rank_data_state is not None:
+            _torch_save(rank_data_state, temp / rank_data_file(self.rank))
         self._barrier()
         # Every rank hashes the files it wrote (in parallel); rank 0 also the shared ones.
         entries = (
@@ -395,7 +402,7 @@ class CheckpointManager:
             manifest = self._broadcast(manifest)
             copied = sorted(manifest["files"])
             if not self.save_on_each_node:
-                copied = [name for name in copied if not _rank_specific(name)]
+                copied = [name for name in copied if not is_rank_file(name)]
             sync_files(temp, copied, storage, self.env)
         if storage.is_leader:
             (temp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -410,8 +417,10 @@ class CheckpointManager:
         return final
 
     def _own_files(self, temp: Path) -> dict[str, dict[str, Any]]:
-        """Manifest entries of the files this rank wrote (its shards, its RNG file; rank 0 the rest)."""
+        """Manifest entries of the files this rank wrote (its shards, RNG and stream files; rank 0 the rest)."""
         mine = [rng_file(self.rank)]
+        if (temp / rank_data_file(self.rank)).is_file():
+            mine.append(rank_data_file(self.rank))
         for sub in (MODEL_DIR, OPTIMIZER_DIR):
             shards = sorted(p.name for p in (temp / sub).glob(f"__{self.rank}_*.distcp"))
             mine += [f"{sub}/{name}" for name in shards]
@@ -419,9 +428,7 @@ class CheckpointManager:
             shared = [
                 p.relative_to(temp).as_posix()
                 for p in temp.rglob("*")
-                if p.is_file()
-                and not p.name.startswith("rng_state_rank")
-                and not p.name.endswith(".distcp")
+                if p.is_file() and not is_rank_file(p.name)
             ]
             mine += shared
         for name in mine:
@@ -559,10 +566,12 @@ class CheckpointManager:
             self._gather_files(path)
         manifest = self.check(path, model, verify_hashes, strategy)
         own_rng = path / rng_file(self.rank)
+        own_data = path / rank_data_file(self.rank)
         try:
             scheduler_state = _torch_load(path / SCHEDULER_FILE)
             data_state = _torch_load(path / DATA_FILE)
             rng_state = _torch_load(own_rng) if own_rng.is_file() else None
+            rank_data_state = _torch_load(own_data) if own_data.is_file() else None
             trainer_state = json.loads((path / STATE_FILE).read_text())
             scaler_state = (
                 _torch_load(path / SCALER_FILE) if (path / SCALER_FILE).exists() else None
@@ -602,7 +611,9 @@ class CheckpointManager:
             except Exception as error:
                 message = " ".join(str(error).split())[:400]
                 raise CheckpointError(f"{path}: cannot load {what}: {message}") from error
-        return LoadedCheckpoint(path, manifest, trainer_state, data_state, rng_state)
+        return LoadedCheckpoint(
+            path, manifest, trainer_state, data_state, rng_state, rank_data_state
+        )
 
     def load_weights(self, path: str | os.PathLike, model: torch.nn.Module) -> None:
         """Load only the model weights of checkpoint `path` into `model` (collective)."""
@@ -621,11 +632,6 @@ class CheckpointManager:
         if not known:
             raise CheckpointError(f"{path}: no {MANIFEST} on any node")
         sync_files(path, [MANIFEST, *known[0]], self.storage, self.env)
-
-
-def _rank_specific(name: str) -> bool:
-    """Files one rank wrote for itself (its shards, its RNG state), not the shared ones."""
-    return name.endswith(".distcp") or Path(name).name.startswith("rng_state_rank")
 
 
 def _distributed() -> bool:

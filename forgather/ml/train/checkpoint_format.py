@@ -12,6 +12,7 @@ Layout (format `forgather-checkpoint/2`), under `<output_dir>/checkpoints/checkp
     trainer_state.json  global step, epoch, tokens seen, best metric, log history
     data_state.pt       the data position (epoch, samples consumed, sampler settings)
     rng_state_rank<r>.pt  each rank's RNG states
+    data_state_rank<r>.pt each rank's stream position (streaming training data only)
     grad_scaler.pt      fp16 runs only
     hf/                 what loading needs besides weights: config.json, generation_config.json,
                         the tokenizer and (forgather models) the model's source
@@ -66,6 +67,17 @@ class CheckpointError(ForgatherError):
 
 def rng_file(rank: int) -> str:
     return f"rng_state_rank{rank}.pt"
+
+
+def rank_data_file(rank: int) -> str:
+    """A rank's own data position: a stream's place differs per rank (map-style data needs none)."""
+    return f"data_state_rank{rank}.pt"
+
+
+def is_rank_file(name: str) -> bool:
+    """Files one rank wrote for itself (its shards, its RNG state, its stream position)."""
+    base = Path(name).name
+    return name.endswith(".distcp") or base.startswith(("rng_state_rank", "data_state_rank"))
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:

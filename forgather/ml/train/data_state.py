@@ -5,6 +5,11 @@ rank), sharded like `DistributedSampler`: rank `r` takes positions `r, r + W, r 
 depends only on (seed, epoch, world size), the position `DataPosition(epoch, batches_consumed)` is all a
 checkpoint needs to restore the exact next batch. Evaluation batches are sequential and dealt out
 round-robin to ranks, so the evaluated set does not depend on the world size.
+
+A streaming training set (`forgather.ml.data.streaming`) has no such global order: each rank reads
+its own part of the stream, so each rank saves its own position (the data loader's state,
+`data_state_rank<r>.pt`) and the shared `data_state.pt` records the set-up that position is only
+meaningful with (`stream_data_state_dict`, checked by `check_stream_data_state`).
 """
 
 from __future__ import annotations
@@ -159,6 +164,10 @@ def check_data_state(
     whole micro-batches of the new set-up: rank r of W takes positions r, r + W, ... of the epoch's
     order, so after k micro-batches of b samples the first k·b·W positions are used, whatever W is.
     """
+    if state.get("stream"):
+        raise ValueError(
+            "the checkpoint streamed its training data, this run has a map-style dataset"
+        )
     current = data_state_dict(DataPosition(), sampler, batch_size)
     # drop_last only decides the epoch's incomplete tail (a pipeline drops it): positions before
     # it mean the same either way.
@@ -183,11 +192,53 @@ def check_data_state(
     return DataPosition(epoch=int(state["epoch"]), batches_consumed=consumed)
 
 
+def stream_data_state_dict(
+    position: DataPosition, world_size: int, batch_size: int, num_workers: int
+) -> dict[str, Any]:
+    """What `data_state.pt` holds for a streaming training set (each rank's place is its own file)."""
+    return {
+        **position.state_dict(),
+        "stream": True,
+        "world_size": world_size,
+        "per_device_batch_size": batch_size,
+        "num_workers": num_workers,
+    }
+
+
+def check_stream_data_state(
+    state: dict[str, Any], rank_state: dict[str, Any] | None, current: dict[str, Any]
+) -> DataPosition:
+    """The saved position of a streaming run, or ValueError naming what differs from `current`.
+
+    A stream resumes only on the same data-parallel world size, per-device batch size and number of
+    dataloader workers: each rank (and worker) continues its own part of the stream.
+    """
+    if not state.get("stream"):
+        raise ValueError(
+            "the checkpoint was trained on a map-style dataset, this run streams its training data"
+        )
+    for key, name in (
+        ("world_size", "data-parallel ranks"),
+        ("per_device_batch_size", "per_device_train_batch_size"),
+        ("num_workers", "dataloader_num_workers"),
+    ):
+        if state.get(key) != current[key]:
+            raise ValueError(
+                f"streaming data resumes only with the same {name}: the checkpoint has "
+                f"{state.get(key)}, this run {current[key]}"
+            )
+    if rank_state is None:
+        raise ValueError("this rank's stream position (data_state_rank<r>.pt) is missing")
+    return DataPosition(epoch=int(state["epoch"]), batches_consumed=int(state["batches_consumed"]))
+
+
 __all__ = [
     "DataPosition",
     "EvalBatchSampler",
     "ResumableDistributedSampler",
     "batches_per_epoch",
     "check_data_state",
+    "check_stream_data_state",
     "data_state_dict",
+    "stream_data_state_dict",
 ]

@@ -50,9 +50,10 @@ trainer.save_model(output_dir=None)    # a HF model directory (save_model_dir), 
 trainer.close()                        # leave the process group (under torchrun)
 ```
 
-- `model_init()` is called after seeding with `seed`. `train_dataset` must be map-style (`len` and
-  indexing); `data_collator(samples) -> dict of tensors` defaults to transformers'
-  `default_data_collator`.
+- `model_init()` is called after seeding with `seed`. `train_dataset` is map-style (`len` and
+  indexing) or a stream (`forgather.ml.data.streaming.token_stream`, or a `datasets.IterableDataset`;
+  then `max_steps` is required); `data_collator(samples) -> dict of tensors` defaults to
+  transformers' `default_data_collator`.
 - `optimizer_factory` is called as `optimizer_factory(named_parameters)` with a list of
   `(name, parameter)` pairs when its first parameter is named `named_parameters` (as
   `forgather.ml.optim.make_optimizer`), otherwise as `optimizer_factory(params)` with a list of the

@@ -10,10 +10,12 @@ their own module.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from forgather.errors import ForgatherError
+from forgather.ml.data.streaming import TokenStream, as_token_stream
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
 from forgather.ml.train import activation_checkpointing, fp8
 from forgather.ml.train.args import HYPERPARAMETERS, TrainingArguments
@@ -37,7 +40,9 @@ from forgather.ml.train.data_state import (
     ResumableDistributedSampler,
     batches_per_epoch,
     check_data_state,
+    check_stream_data_state,
     data_state_dict,
+    stream_data_state_dict,
 )
 from forgather.ml.train.distributed import DistributedEnvironment
 from forgather.ml.train.fast_path import check as check_fast_path
@@ -169,6 +174,8 @@ class Trainer:
         self.lr_scheduler: Any = None
         self.grad_scaler: torch.amp.GradScaler | None = None
         self.train_dataloader: DataLoader | None = None
+        self.train_sampler: ResumableDistributedSampler | None = None
+        self.train_stream: TokenStream | None = None
         self.eval_dataloader: DataLoader | None = None
         self.checkpoints: CheckpointManager | None = None
         self.position = DataPosition()
@@ -227,9 +234,10 @@ class Trainer:
         args, state, position = self.args, self.state, self.position
         accumulation = args.gradient_accumulation_steps
         self.control.should_epoch_stop = False
-        self.train_sampler.set_epoch(
-            position.epoch, start=position.batches_consumed * args.per_device_train_batch_size
-        )
+        if self.train_sampler is not None:  # a stream's loader knows its own place
+            self.train_sampler.set_epoch(
+                position.epoch, start=position.batches_consumed * args.per_device_train_batch_size
+            )
         self._dispatch("on_epoch_begin")
         batches = iter(self.train_dataloader)
         while position.batches_consumed < self.batches_per_epoch:
@@ -397,15 +405,21 @@ class Trainer:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs an eval_dataset")
-        self.eval_dataloader = self._eval_dataloader(dataset)
+        stream = as_token_stream(dataset)
+        if stream is not None:
+            self.eval_dataloader = None
+            batches, counted = self._stream_eval_batches(stream)
+        else:
+            self.eval_dataloader = self._eval_dataloader(dataset)
+            batches = self.eval_dataloader
+            counted = self.eval_dataloader.batch_sampler.real_batches  # the rest only keep step
         start = time.perf_counter()
         model = self.model  # the plain module: no DDP hooks, no recompilation for eval shapes
         was_training = model.training
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
-        counted = self.eval_dataloader.batch_sampler.real_batches  # the rest only keep step
         with torch.no_grad():
-            for index, batch in enumerate(self.eval_dataloader):
+            for index, batch in enumerate(batches):
                 if self.strategy.runs_steps:
                     loss = self.strategy.eval_loss(
                         self._to_device(batch), self._logits_loss, self._autocast
@@ -439,50 +453,22 @@ class Trainer:
         args, env = self.args, self.env
         if self.train_dataset is None:
             raise ValueError("train() needs a train_dataset")
-        if not hasattr(self.train_dataset, "__len__") or not hasattr(
-            self.train_dataset, "__getitem__"
+        self.train_stream = as_token_stream(self.train_dataset)
+        if self.train_stream is None and (
+            not hasattr(self.train_dataset, "__len__")
+            or not hasattr(self.train_dataset, "__getitem__")
         ):
             raise TypeError(
-                "the train_dataset must be map-style (len and indexing) for exact resume"
+                "the train_dataset must be map-style (len and indexing) or a stream "
+                "(forgather.ml.data.streaming.token_stream) for exact resume"
             )
         check_fast_path(args, self.device)
         fp8.check(args.fp8, self.device)
-        data_rank, data_world = self.strategy.data_parallel()
-        # pipeline micro-batches must be of one size: the epoch's incomplete last batch is dropped
-        self._drop_last = args.dataloader_drop_last or self.strategy.runs_steps
-        self.train_sampler = ResumableDistributedSampler(
-            len(self.train_dataset),
-            seed=args.data_seed,
-            rank=data_rank,
-            world_size=data_world,
-            shuffle=True,
-            drop_last=self._drop_last,
-        )
-        self.train_dataloader = DataLoader(
-            self.train_dataset,
-            batch_size=args.per_device_train_batch_size,
-            sampler=self.train_sampler,
-            collate_fn=self.data_collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
-            drop_last=self._drop_last,
-            # Its own generator: creating an iterator must not consume the global torch RNG.
-            generator=torch.Generator().manual_seed(args.data_seed),
-        )
-        self.batches_per_epoch = batches_per_epoch(
-            self.train_sampler, args.per_device_train_batch_size, self._drop_last
-        )
-        if self.batches_per_epoch == 0:
-            raise ValueError("the training dataset is smaller than one batch per process")
-        steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
-        if args.max_steps > 0:
-            max_steps = args.max_steps
+        if self.train_stream is not None:
+            self._setup_stream(self.train_stream)
         else:
-            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-        self.state.max_steps = max_steps
-        self.state.num_train_epochs = (
-            math.ceil(max_steps / steps_per_epoch) if args.max_steps > 0 else args.num_train_epochs
-        )
+            self._setup_map_style()
+        max_steps = self.state.max_steps
 
         if args.fp8 is not None:  # before checkpointing and sharding wrap the layers
             self.fp8_layers = fp8.convert(self.model, args.fp8)
@@ -572,6 +558,95 @@ class Trainer:
             args.lr_scheduler_type, self.optimizer, warmup, max_steps, **args.lr_scheduler_kwargs
         )
 
+    def _setup_map_style(self) -> None:
+        """The seeded, resumable sampler and loader of a map-style training set; max_steps."""
+        args = self.args
+        data_rank, data_world = self.strategy.data_parallel()
+        # pipeline micro-batches must be of one size: the epoch's incomplete last batch is dropped
+        self._drop_last = args.dataloader_drop_last or self.strategy.runs_steps
+        self.train_sampler = ResumableDistributedSampler(
+            len(self.train_dataset),
+            seed=args.data_seed,
+            rank=data_rank,
+            world_size=data_world,
+            shuffle=True,
+            drop_last=self._drop_last,
+        )
+        self.train_dataloader = DataLoader(
+            self.train_dataset,
+            batch_size=args.per_device_train_batch_size,
+            sampler=self.train_sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
+            drop_last=self._drop_last,
+            # Its own generator: creating an iterator must not consume the global torch RNG.
+            generator=torch.Generator().manual_seed(args.data_seed),
+        )
+        self.batches_per_epoch = batches_per_epoch(
+            self.train_sampler, args.per_device_train_batch_size, self._drop_last
+        )
+        if self.batches_per_epoch == 0:
+            raise ValueError("the training dataset is smaller than one batch per process")
+        steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+        else:
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+        self.state.max_steps = max_steps
+        self.state.num_train_epochs = (
+            math.ceil(max_steps / steps_per_epoch) if args.max_steps > 0 else args.num_train_epochs
+        )
+
+    def _setup_stream(self, stream: TokenStream) -> None:
+        """This rank's part of a streaming training set, in a loader that saves its place.
+
+        A stream has no length: `max_steps` ends the run, and the stream repeats (pass after pass)
+        until then, so no rank runs out before another. The position is torchdata's
+        `StatefulDataLoader` state (each worker's stream position and shuffle buffer), saved per rank.
+        """
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        args = self.args
+        if args.max_steps <= 0:
+            raise ValueError(
+                "trainer_args.max_steps: a streaming train_dataset has no length, so the run needs "
+                f"max_steps > 0 to know when to stop (got {args.max_steps})"
+            )
+        data_rank, data_world = self.strategy.data_parallel()
+        self.train_stream = stream.split_by_node(data_rank, data_world)
+        workers = args.dataloader_num_workers
+        if workers > 1 and self.env.is_main_process:
+            shards = self.train_stream.num_shards
+            if shards < workers:
+                sys.stderr.write(
+                    f"forgather: the training stream has {shards} file(s) per rank, fewer than "
+                    f"dataloader_num_workers={workers}: {workers - shards} worker(s) will idle\n"
+                )
+        self._drop_last = True  # a repeating stream has no short last batch
+        self.train_sampler = None
+        with warnings.catch_warnings():  # torchdata 0.11 calls a torch API that now warns
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            self.train_dataloader = StatefulDataLoader(
+                self.train_stream,
+                batch_size=args.per_device_train_batch_size,
+                collate_fn=self.data_collator,
+                num_workers=workers,
+                pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
+                drop_last=True,
+            )
+        self.batches_per_epoch = sys.maxsize  # one endless pass; max_steps stops it
+        self.state.max_steps = args.max_steps
+        self.state.num_train_epochs = 1
+
+    def _stream_data_state(self) -> dict[str, Any]:
+        return stream_data_state_dict(
+            self.position,
+            self.strategy.data_parallel()[1],
+            self.args.per_device_train_batch_size,
+            self.args.dataloader_num_workers,
+        )
+
     def _resume_or_start(self) -> dict[str, Any] | None:
         """Load the checkpoint asked for (returning its RNG state), or check the output dir is free."""
         args, env = self.args, self.env
@@ -588,12 +663,20 @@ class Trainer:
                 grad_scaler=self.grad_scaler,
                 strategy=self.strategy,
             )
-            if args.keep_global_batch or os.environ.get(KEEP_GLOBAL_BATCH_ENV) == "1":
+            if self.train_stream is None and (
+                args.keep_global_batch or os.environ.get(KEEP_GLOBAL_BATCH_ENV) == "1"
+            ):
                 self._keep_global_batch(loaded.data_state)
             try:
-                self.position = check_data_state(
-                    loaded.data_state, self.train_sampler, args.per_device_train_batch_size
-                )
+                if self.train_stream is not None:
+                    self.position = check_stream_data_state(
+                        loaded.data_state, loaded.rank_data_state, self._stream_data_state()
+                    )
+                    self.train_dataloader.load_state_dict(loaded.rank_data_state)
+                else:
+                    self.position = check_data_state(
+                        loaded.data_state, self.train_sampler, args.per_device_train_batch_size
+                    )
             except ValueError as error:
                 raise CheckpointError(f"{path}: {error}") from None
             self._note_reshard(loaded.manifest)
@@ -760,9 +843,14 @@ class Trainer:
             optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler,
             trainer_state=self.state.to_dict(),
-            data_state=data_state_dict(
+            data_state=self._stream_data_state()
+            if self.train_stream is not None
+            else data_state_dict(
                 self.position, self.train_sampler, self.args.per_device_train_batch_size
             ),
+            rank_data_state=self.train_dataloader.state_dict()
+            if self.train_stream is not None
+            else None,
             rng_state=get_rng_state(),
             grad_scaler=self.grad_scaler,
             metrics=metrics,
@@ -791,7 +879,11 @@ class Trainer:
 
     def _example_batch(self) -> dict[str, Any]:
         """The first per-device batch of the training set (read directly: no sampler moves)."""
-        rows = min(len(self.train_dataset), self.args.per_device_train_batch_size)
+        size = self.args.per_device_train_batch_size
+        if self.train_stream is not None:  # a fresh read of this rank's stream: the loader stays
+            rows = itertools.islice(self.train_stream.single_pass(), size)
+            return self.data_collator(list(rows))
+        rows = min(len(self.train_dataset), size)
         return self.data_collator([self.train_dataset[i] for i in range(rows)])
 
     def _eval_dataloader(self, dataset: Any) -> DataLoader:
@@ -810,6 +902,36 @@ class Trainer:
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
         )
+
+    def _stream_eval_batches(self, stream: TokenStream) -> tuple[Iterable[Any], int]:
+        """This rank's evaluation batches from one pass over its part of a stream, and how many count.
+
+        `max_eval_steps` caps the batches of all ranks together. Under a sharded strategy every
+        rank must run as many batches as the others (the forward is a collective): the batches are
+        read first and a rank with fewer repeats its first ones, which do not count.
+        """
+        rank, world = self.strategy.data_parallel()
+        loader = DataLoader(
+            stream.split_by_node(rank, world).single_pass(),
+            batch_size=self.args.per_device_eval_batch_size,
+            collate_fn=self.data_collator,
+        )
+        limit = self.args.max_eval_steps
+        batches: Iterable[Any] = loader
+        if limit > 0:
+            batches = itertools.islice(loader, -(-limit // world))
+        if not self.strategy.sharded:
+            return batches, sys.maxsize
+        batches = list(batches)
+        counted = len(batches)
+        most = int(self.env.all_reduce(torch.tensor([counted], device=self.device), "max"))
+        if most and not batches:
+            raise ValueError(
+                f"the evaluation stream gave rank {rank} of {world} no batches while others have "
+                f"{most}: give the evaluation data at least as many files or rows as ranks"
+            )
+        batches += [batches[i % counted] for i in range(most - counted)] if counted else []
+        return batches, counted
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {

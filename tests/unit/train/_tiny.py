@@ -60,6 +60,19 @@ class ProgressionDataset(torch.utils.data.Dataset):
         return {"input_ids": self.samples[index]}
 
 
+def write_progression_stream(directory: str | os.PathLike, files: int = 4, rows: int = 10) -> Path:
+    """`files` JSON-lines shards (`train-<i>.jsonl`) of progression rows, pre-tokenized
+    (`{"input_ids": [...]}`), for streaming runs: 4 files let 2 ranks x 2 workers each read one."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = ProgressionDataset(files * rows, seed=1)
+    for shard in range(files):
+        with (directory / f"train-{shard}.jsonl").open("w") as out:
+            for index in range(shard * rows, (shard + 1) * rows):
+                out.write(json.dumps({"input_ids": data[index]["input_ids"].tolist()}) + "\n")
+    return directory
+
+
 class Recorder:
     """Callback that keeps every `on_log` record and the events seen."""
 
@@ -134,11 +147,13 @@ def launch(
     env: dict[str, str] | None = None,
     model: str = "llama",
     node: tuple[int, int, int] | None = None,
+    stream: str | os.PathLike | None = None,
 ):
     """Start `run_trainer` as its own process group (under torchrun when nproc > 1).
 
     `node=(node_rank, nnodes, port)` starts one node of a multi-node torchrun job on this machine
-    (static rendezvous at 127.0.0.1:port), `nproc` processes on it.
+    (static rendezvous at 127.0.0.1:port), `nproc` processes on it. `stream=DIR` trains on the
+    JSON-lines shards in DIR read as a stream (`write_progression_stream`) instead.
     """
     import subprocess
     import sys
@@ -165,6 +180,8 @@ def launch(
     if weights is not None:
         command += ["--weights", str(weights)]
     command += ["--model", model]
+    if stream is not None:
+        command += ["--stream", str(stream)]
     # faulthandler: a rank that dies in C++ (SIGABRT, SIGSEGV) prints every thread's Python stack
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     full_env.pop("WORLD_SIZE", None)

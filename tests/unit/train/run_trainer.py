@@ -1,9 +1,10 @@
 """Run the trainer on the tiny Llama as a separate process (alone or under torchrun), for tests that
-kill a run (`kill -9`) and resume it.
+kill a run (`kill -9`) and resume it. `--stream DIR` trains on DIR's JSON-lines shards of token rows
+read as a stream (`token_stream`, an 8-row shuffle buffer) instead of the map-style progressions.
 
     python -m tests.unit.train.run_trainer --args '{"output_dir": "out", "max_steps": 12}' \
         --records out/log.jsonl [--weights w.pt] [--hang-after-save 8] [--samples 40] [--hidden 64]
-        [--model llama|forgather]
+        [--model llama|forgather] [--stream DIR]
 
 `--hang-after-save K` makes the run sleep right after checkpoint K is written (a marker file
 `<output_dir>/hanging` appears), so a test can kill it at a known point.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from forgather.ml.data.streaming import token_stream
 from forgather.ml.train.args import TrainingArguments
 from forgather.ml.train.trainer import Trainer
 from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_forgather, tiny_llama
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--model", choices=("llama", "forgather"), default="llama")
+    parser.add_argument("--stream")
     options = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -83,7 +86,9 @@ def main() -> None:
         model_init=lambda: (tiny_forgather if options.model == "forgather" else tiny_llama)(
             options.hidden
         ),
-        train_dataset=ProgressionDataset(options.samples, seed=1),
+        train_dataset=token_stream(options.stream, shuffle_buffer=8, seed=3)
+        if options.stream
+        else ProgressionDataset(options.samples, seed=1),
         eval_dataset=ProgressionDataset(16, seed=2),
         callbacks=callbacks,
     )
