@@ -7,6 +7,7 @@ values come from its context.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -75,6 +76,26 @@ class BuiltPartial:
     def keywords(self) -> dict[str, Any]:
         """The keyword arguments given in the config (as `functools.partial.keywords`)."""
         return {key: self._builder.build(value) for key, value in self._node.kwargs.items()}
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The parameters left to give, as for `functools.partial` (what `inspect.signature` reports):
+        callers that look before they call (datasets' `map`, the trainer's factories) see the
+        target's parameters, not `*args, **kwargs`."""
+        node = self._node
+        try:
+            target = self.func
+            bound = functools.partial(
+                target, *([None] * len(node.args)), **dict.fromkeys(node.kwargs)
+            )
+            return inspect.signature(bound)
+        except (TypeError, ValueError):  # no introspectable signature (a C builtin, a class...)
+            return inspect.Signature(
+                [
+                    inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                    inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+                ]
+            )
 
     def __repr__(self) -> str:
         return f"<partial {self._node.spec}>"

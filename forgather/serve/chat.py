@@ -12,14 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forgather.errors import ForgatherError
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-CHATML_END = "<|im_end|>"
+from forgather.ml.data.chat import CHATML_END, CHATML_TEMPLATE
 
 
 @dataclass(frozen=True)

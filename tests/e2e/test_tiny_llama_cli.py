@@ -174,6 +174,67 @@ def test_trained_model_loads_in_plain_transformers(trained, forgather, e2e_env, 
     assert run.stdout.rstrip("\n") == plain["text"]
 
 
+CHAT_CHECK = """
+import json, sys
+import torch
+from forgather.ml.models.loading import load_causal_lm
+from forgather.serve.chat import chat_format, render_chat
+
+model, tokenizer, _ = load_causal_lm(sys.argv[1])
+fmt = chat_format(tokenizer)
+end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+replies = []
+for question in json.loads(sys.argv[2]):
+    ids = render_chat(tokenizer, fmt, [{"role": "user", "content": question}])
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)
+    new = out[0, len(ids):].tolist()
+    replies.append({"text": tokenizer.decode(new, skip_special_tokens=True), "ids": new})
+print(json.dumps({"template": fmt.source, "end": end, "replies": replies}))
+"""
+
+CHAT_QUESTIONS = [
+    "Who wrote Persuasion?",
+    "How many chapters does Emma have?",
+    'Which novel is this line from? "She was sorry for it, but could not repent."',
+]
+
+
+def test_chat_fine_tune_answers_in_the_chat_format(trained, forgather, e2e_env, tmp_path):
+    """finetune_chat.yaml on the trained model: assistant-only loss on the embedded conversations;
+    the result answers a user turn with a reply that ends its turn (<|im_end|>) by itself."""
+    output_dir, _ = trained
+    chat_dir = tmp_path / "chat"
+    run = forgather(
+        "-p", PROJECT, "-t", "finetune_chat.yaml", "train", "--model-path", output_dir,
+        "--output-dir", chat_dir, "--max-steps", "200", "trainer_args.logging_steps=50",
+        "trainer_args.eval_steps=100", "trainer_args.save_steps=200",
+        "trainer_args.learning_rate=3e-3",
+    )  # fmt: skip
+    assert run.returncode == 0, run.describe()
+    evals = [r["eval_loss"] for d in run_dirs(chat_dir) for r in read_logs(d) if "eval_loss" in r]
+    assert len(evals) == 2 and evals[1] < evals[0], evals
+
+    done = subprocess.run(
+        [sys.executable, "-c", CHAT_CHECK, str(chat_dir), json.dumps(CHAT_QUESTIONS)],
+        cwd=tmp_path, env=e2e_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["template"] == "the tokenizer's chat template"  # saved with the model
+    for question, reply in zip(CHAT_QUESTIONS, result["replies"], strict=True):
+        # greedy generation stopped at the end of the assistant's turn, after a non-empty answer
+        assert reply["ids"][-1] == result["end"] and len(reply["ids"]) < 40, (question, reply)
+        assert reply["text"].strip() and "<|im_start|>" not in reply["text"], (question, reply)
+
+    answer = forgather(
+        "generate", chat_dir, "--chat", "--temperature", "0", "--prompt", CHAT_QUESTIONS[0]
+    )
+    assert answer.returncode == 0, answer.describe()
+    assert answer.stdout.strip() == result["replies"][0]["text"].strip()
+
+
 # ---- 3. resume ------------------------------------------------------------------------------------
 
 # No final evaluation or samples, and half-size batches: this test is about steps and checkpoints.

@@ -181,4 +181,45 @@ def _update_token_ids(model: Any, tokenizer: Any, spec: VocabSpec, source: str |
         model.generation_config.eos_token_id = ids if len(ids) > 1 else ids[0]
 
 
-__all__ = ["VocabError", "VocabSpec", "VocabUpdate", "read_spec", "update_vocab"]
+def model_with_vocab(
+    model: Any,
+    tokenizer: Any,
+    generation_eos: list[str] | tuple[str, ...] = (),
+    init: str = "mean",
+) -> Any:
+    """`model` (a module, or a callable returning one: a config's model partial) with embedding
+    rows for every id of `tokenizer`: tokens added to the tokenizer after the model was trained
+    (`data.chat.chat_tokenizer` adds the ChatML markers) get new rows set by `init` (as
+    `forgather update-vocab`). `generation_eos` tokens join the ids that end generation, beside
+    the model's own EOS. For configs: `model: !partial:forgather.ml.models.vocab:model_with_vocab`.
+    """
+    if init not in INITS:
+        raise VocabError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        model = model()
+    rows = model.get_input_embeddings().weight.shape[0]
+    size = len(tokenizer)
+    if size > rows:
+        _grow_embeddings(model, size, list(range(rows, size)), init)
+    if generation_eos:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in generation_eos if t not in vocab]
+        if missing:
+            raise VocabError(
+                f"generation_eos: {', '.join(missing)} not in the tokenizer's vocabulary"
+            )
+        own = model.generation_config.eos_token_id
+        ids = [own] if isinstance(own, int) else list(own or [])
+        ids += [vocab[t] for t in generation_eos if vocab[t] not in ids]
+        model.generation_config.eos_token_id = ids if len(ids) > 1 else ids[0]
+    return model
+
+
+__all__ = [
+    "VocabError",
+    "VocabSpec",
+    "VocabUpdate",
+    "model_with_vocab",
+    "read_spec",
+    "update_vocab",
+]

@@ -123,6 +123,28 @@ def test_partial_builds_a_callable():
     assert isinstance(partial, BuiltPartial) and callable(partial)
 
 
+def test_a_partial_reports_the_parameters_left_to_give():
+    """As functools.partial does: code that inspects before calling (datasets' map, the trainer's
+    scheduler factory) sees the target's parameters, not *args/**kwargs."""
+    import inspect
+
+    config = load(
+        "chat: !partial:forgather.ml.data.chat:chat_tokenize_fn { max_length: 64 }\n"
+        "step: !partial:torch.optim.lr_scheduler:StepLR { step_size: 3 }\n"
+        "builtin: !partial:max [1]\n"
+    )
+    chat = inspect.signature(config.build("chat")).parameters
+    assert "feature" not in chat and {"features", "tokenizer", "packed"} <= set(chat)
+    step = inspect.signature(config.build("step")).parameters
+    assert "optimizer" in step and "num_training_steps" not in step
+    assert not any(p.kind is p.VAR_KEYWORD for p in step.values())
+    builtin = inspect.signature(config.build("builtin")).parameters  # max has no signature
+    assert [p.kind for p in builtin.values()] == [
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ]
+
+
 def test_partial_appends_positional_args():
     power = load("main: !partial:pow [2]").build("main")
     assert power(10) == 1024
