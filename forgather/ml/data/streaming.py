@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,9 +39,10 @@ STATE_VERSION = 1
 
 
 def _is_hf_stream(value: Any) -> bool:
-    import datasets
-
-    return isinstance(value, datasets.IterableDataset)
+    # Without `datasets` imported nothing can be one of its streams: training on map-style data
+    # never imports it.
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(value, datasets.IterableDataset)
 
 
 def as_stream(source: Any, split: str = "train") -> Any:
