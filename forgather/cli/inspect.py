@@ -171,20 +171,6 @@ class TlistFormat(StrEnum):
     files = "files"
 
 
-TEMPLATE_SUFFIXES = (".yaml", ".yml", ".jinja", ".j2")
-
-
-def _templates_in(directory: str) -> list[str]:
-    names: list[str] = []
-    for root, dirnames, files in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for file in files:
-            if file.endswith(TEMPLATE_SUFFIXES):
-                rel = os.path.relpath(os.path.join(root, file), directory)
-                names.append(rel.replace(os.sep, "/"))
-    return sorted(names)
-
-
 def tlist(
     ctx: typer.Context,
     format: Annotated[
@@ -195,6 +181,7 @@ def tlist(
     ] = TlistFormat.md,
 ) -> None:
     """List the templates available in the project's search path."""
+    from forgather.cli.template_catalogue import templates_in
     from forgather.config.environment import ConfigEnvironment
 
     info = common.load_meta(ctx)
@@ -208,7 +195,7 @@ def tlist(
     else:
         for directory in env.searchpath:
             lines.append(f"- {directory}")
-            for name in _templates_in(directory):
+            for name in templates_in(directory):
                 lines.append(f"    - [{name}]({os.path.join(directory, name)})")
     common.echo_text("\n".join(lines))
 

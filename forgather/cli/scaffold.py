@@ -93,45 +93,182 @@ def project_files(
     }
 
 
+PROJECT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templatelib" / "projects"
+"""Project templates: one directory each, copied with @@NAME@@-style placeholders filled."""
+MINIMAL = "minimal"
+
+
+def project_templates() -> dict[str, str]:
+    """Project template names and their one-line descriptions (`minimal` is built in)."""
+    found = {MINIMAL: "One config that builds a dictionary: the smallest project to start from."}
+    for directory in sorted(PROJECT_TEMPLATES_DIR.iterdir()):
+        about = directory / "PROJECT.md"
+        if about.is_file():
+            found[directory.name] = " ".join(about.read_text(encoding="utf-8").split())
+    return found
+
+
+def template_project_files(template: str, name: str, description: str) -> dict[str, str]:
+    """The files of a new project made from project template `template`, by relative path."""
+    root = PROJECT_TEMPLATES_DIR / template
+    text = description or project_templates()[template]
+    values = {
+        "@@NAME@@": _yaml_str(name),
+        "@@DESCRIPTION@@": _yaml_str(text),
+        "@@TITLE@@": name,
+        "@@DESCRIPTION_TEXT@@": text,
+    }
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != "PROJECT.md":
+            content = path.read_text(encoding="utf-8")
+            for key, value in values.items():
+                content = content.replace(key, value)
+            files[path.relative_to(root).as_posix()] = content
+    return files
+
+
+def _check_new_directory(directory: Path) -> None:
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise common.project_error(
+            f"{directory} exists and is not empty; not creating a project there"
+        )
+
+
 @project_app.command("create")
 def project_create(
     directory: Annotated[
         Path,
         typer.Argument(metavar="DIR", help="Directory to create the project in (new or empty)."),
     ],
+    template: Annotated[
+        str,
+        typer.Option(
+            "--template",
+            help="Project template: minimal (one buildable config), lm-training (train a model "
+            "from scratch), finetune (fine-tune a model on text or conversations). "
+            "`forgather project templates` describes them.",
+        ),
+    ] = MINIMAL,
     name: Annotated[
         str | None, typer.Option("--name", help="Project name (default: the directory name).")
     ] = None,
     description: Annotated[str, typer.Option("--description", help="One-line description.")] = "",
     config_prefix: Annotated[
-        str, typer.Option("--config-prefix", help="Directory of configs under templates/.")
+        str,
+        typer.Option(
+            "--config-prefix", help="Directory of configs under templates/ (minimal only)."
+        ),
     ] = "configs",
     default_config: Annotated[
-        str, typer.Option("--default-config", help="File name of the first (default) config.")
+        str,
+        typer.Option(
+            "--default-config", help="File name of the first (default) config (minimal only)."
+        ),
     ] = "default.yaml",
 ) -> None:
-    """Create a new project with one buildable config."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    """Create a new project from a project template, with a default config that builds (and, for
+    the training templates, trains: `forgather -p DIR train`)."""
+    templates = project_templates()
+    if template not in templates:
         raise common.project_error(
-            f"{directory} exists and is not empty; not creating a project there"
+            f"--template: no project template {template!r} (one of {', '.join(templates)})"
         )
-    for label, value in (("--config-prefix", config_prefix), ("--default-config", default_config)):
-        parts = Path(value).parts
-        if not value or Path(value).is_absolute() or ".." in parts:
+    _check_new_directory(directory)
+    project_name = name or directory.resolve().name
+    if template == MINIMAL:
+        for label, value in (
+            ("--config-prefix", config_prefix),
+            ("--default-config", default_config),
+        ):
+            parts = Path(value).parts
+            if not value or Path(value).is_absolute() or ".." in parts:
+                raise common.project_error(
+                    f"{label} must be a relative path inside the project (got {value!r})"
+                )
+        if not default_config.endswith((".yaml", ".yml")):
             raise common.project_error(
-                f"{label} must be a relative path inside the project (got {value!r})"
+                f"--default-config must end in .yaml (got {default_config!r})"
             )
-    if not default_config.endswith((".yaml", ".yml")):
-        raise common.project_error(f"--default-config must end in .yaml (got {default_config!r})")
-    files = project_files(
-        name or directory.resolve().name, description, config_prefix, default_config
-    )
+        files = project_files(project_name, description, config_prefix, default_config)
+        hint = "construct"
+    else:
+        if (config_prefix, default_config) != ("configs", "default.yaml"):
+            raise common.project_error(
+                f"--config-prefix and --default-config apply to the minimal template only "
+                f"({template} has its own configs)"
+            )
+        files = template_project_files(template, project_name, description)
+        hint = "ls"
     for relative, text in files.items():
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    typer.echo(f"created project {name or directory.resolve().name!r} in {directory}")
-    typer.echo(f"try: forgather -p {directory} construct")
+    typer.echo(f"created project {project_name!r} ({template}) in {directory}")
+    typer.echo(f"try: forgather -p {directory} {hint}")
+
+
+@project_app.command("templates")
+def project_templates_command() -> None:
+    """List the project templates `project create --template` takes."""
+    templates = project_templates()
+    width = max(len(name) for name in templates)
+    common.echo_text("\n".join(f"{n.ljust(width)}  {d}" for n, d in templates.items()))
+
+
+@project_app.command("show")
+def project_show(ctx: typer.Context) -> None:
+    """Show the project (-p): name, description, directories, search path, and its configs with
+    their names and descriptions (the default one marked x)."""
+    from forgather.cli.inspect import meta, project_listing
+
+    meta(ctx)
+    out = common.console()
+    out.print("")
+    for line in project_listing(common.find_project(common.state(ctx).project_dir), False):
+        out.print(line, soft_wrap=True)
+
+
+@project_app.command("new-config")
+def project_new_config(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The new config's file name (.yaml added).")
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option("--from", help="The config it extends (default: the project's default)."),
+    ] = None,
+    description: Annotated[str, typer.Option("--description", help="One-line description.")] = "",
+) -> None:
+    """Add a config to the project (-p) that extends an existing one and changes nothing yet:
+    edit its blocks (`== super()` then the keys that change)."""
+    info = common.load_meta(ctx)
+    file_name = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+        raise common.project_error(f"NAME must be a file name inside the project (got {name!r})")
+    base = base or info.default_config
+    if base is None or base not in info.config_names():
+        known = ", ".join(info.config_names()) or "none"
+        raise common.project_error(f"--from: no config {base!r} in the project (configs: {known})")
+    target = info.project_dir / "templates" / info.config_prefix / file_name
+    if target.exists() or file_name in info.config_names():
+        raise common.project_error(f"{target}: a config of that name exists")
+    title = Path(file_name).stem.replace("_", " ").replace("-", " ").capitalize()
+    text = (
+        f"## {file_name}: {description or f'a variant of {base}'}.\n"
+        f'-- extends "{info.config_prefix}/{base}"\n'
+        "\n"
+        "-- block config_metadata\n"
+        "    == super()\n"
+        f"    -- set ns.config_name = {_jinja_str(title)}\n"
+        f"    -- set ns.config_description = {_jinja_str(description or f'A variant of {base}')}\n"
+        "-- endblock config_metadata\n"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    typer.echo(f"created {target} (extends {base})")
+    typer.echo(f"try: forgather -p {info.project_dir} -t {file_name} pp")
 
 
 @ws_app.callback()
