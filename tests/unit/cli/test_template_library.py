@@ -38,6 +38,23 @@ def config_for(name: str) -> tuple[str, str | None]:
             "-- endblock trainer_args\n"
         )
         return text, f"trainer_args.parallelism={strategy}"
+    if name.startswith(("datasets/", "tokenizers/")):
+        block = "datasets" if name.startswith("datasets/") else "tokenizer"
+        text = (
+            '-- extends "training_script/causal_lm.yaml"\n'
+            "-- block config_metadata\n"
+            "    == super()\n"
+            '    -- set ns.model_path = "/models/some-model"\n'
+            "-- endblock config_metadata\n"
+            f"-- block {block}\n"
+            f'-- include "{name}"\n'
+            f"-- endblock {block}\n"
+        )
+        expected = {
+            "datasets/streaming_text.yaml": "train_dataset.shuffle_buffer=256",
+            "datasets/conversations.yaml": "train_dataset.desc=Tokenizing the train conversations",
+        }
+        return text, expected.get(name)
     if name.startswith("inc/"):
         text = (
             f'-- import "{name}" as fmt\n'
