@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from forgather.ml.data.errors import DatasetError
 from forgather.ml.data.packing import block_tokenize_fn
+from forgather.ml.signatures import accepts_keyword
 
 
 @contextlib.contextmanager
@@ -61,16 +61,6 @@ def select_indices(length: int, select_range: Any) -> range:
         return range(length)[slice(start, stop)]
     raise DatasetError(
         f"select_range: expected an int, a (start, stop) pair, a range or a slice, got {select_range!r}"
-    )
-
-
-def _accepts(function: Callable, name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
 
 
@@ -126,7 +116,7 @@ def preprocess_dataset(
         )
     function = map_fn or block_tokenize_fn
     kwargs = {"tokenizer": tokenizer, **(fn_kwargs or {})}
-    if "feature" not in kwargs and _accepts(function, "feature"):
+    if "feature" not in kwargs and accepts_keyword(function, "feature", var_keyword=True):
         kwargs["feature"] = feature
     streaming = isinstance(dataset, datasets.IterableDataset)
     columns = dataset.column_names if not streaming else stream_columns(dataset)

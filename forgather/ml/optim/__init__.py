@@ -9,6 +9,7 @@ from forgather.ml.optim.schedules import (
     WarmupStableDecaySchedule,
     get_lr_scheduler,
     make_schedule,
+    sequential_lr_factory,
 )
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "is_no_decay",
     "make_optimizer",
     "make_schedule",
+    "sequential_lr_factory",
     "weight_decay_groups",
 ]

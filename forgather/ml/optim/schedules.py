@@ -2,17 +2,19 @@
 
 Each schedule is a small callable object `schedule(step) -> float`. `LambdaLR` saves the `__dict__` of
 callable objects in its `state_dict`, so a scheduler built from them checkpoints and resumes exactly.
-`get_lr_scheduler(name, optimizer, num_warmup_steps, num_training_steps, **kwargs)` builds one by name.
+`get_lr_scheduler(name, optimizer, num_warmup_steps, num_training_steps, **kwargs)` builds one by name;
+`sequential_lr_factory` chains scheduler factories at step milestones.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, SequentialLR
 
 
 def _warmup(step: int, warmup_steps: int) -> float:
@@ -175,6 +177,53 @@ def get_lr_scheduler(
     return LambdaLR(optimizer, make_schedule(name, num_warmup_steps, num_training_steps, **kwargs))
 
 
+def sequential_lr_factory(
+    optimizer: Optimizer,
+    schedulers: Sequence[Callable[..., Any]],
+    milestones: Sequence[int],
+    num_training_steps: int | None = None,
+) -> SequentialLR:
+    """Schedulers one after another (torch's `SequentialLR`): scheduler `i` runs from milestone
+    `i - 1` to milestone `i` (steps counted from the start), the last one to the end.
+
+    `schedulers` are factories, as `lr_scheduler_factory` is: each is called with `optimizer=`, and
+    with `num_training_steps=` its own segment's length when it takes that (forgather's
+    `get_lr_scheduler` partials do; torch scheduler partials need none). In a config:
+
+        lr_scheduler_factory: !partial:forgather.ml.optim:sequential_lr_factory
+            schedulers:
+                - !partial:torch.optim.lr_scheduler:LinearLR { start_factor: 0.1, total_iters: 100 }
+                - !partial:torch.optim.lr_scheduler:CosineAnnealingLR { T_max: 900 }
+            milestones: [ 100 ]
+    """
+    from forgather.ml.signatures import accepts_keyword
+
+    milestones = [int(m) for m in milestones]
+    if len(milestones) != len(schedulers) - 1:
+        raise ValueError(
+            f"sequential_lr_factory: {len(schedulers)} schedulers need {len(schedulers) - 1} "
+            f"milestones, got {len(milestones)}"
+        )
+    if any(b <= a for a, b in zip([0, *milestones], milestones, strict=False)):
+        raise ValueError(
+            f"sequential_lr_factory: milestones must be positive and increasing, got {milestones}"
+        )
+    ends = [*milestones, num_training_steps]
+    built = []
+    for index, factory in enumerate(schedulers):
+        start = milestones[index - 1] if index else 0
+        kwargs: dict[str, Any] = {}
+        if accepts_keyword(factory, "num_training_steps"):
+            if ends[index] is None:
+                raise ValueError(
+                    "sequential_lr_factory: the last scheduler takes num_training_steps, but none "
+                    "was given (the trainer gives it)"
+                )
+            kwargs["num_training_steps"] = ends[index] - start
+        built.append(factory(optimizer=optimizer, **kwargs))
+    return SequentialLR(optimizer, schedulers=built, milestones=milestones)
+
+
 __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
@@ -183,4 +232,5 @@ __all__ = [
     "WarmupStableDecaySchedule",
     "get_lr_scheduler",
     "make_schedule",
+    "sequential_lr_factory",
 ]

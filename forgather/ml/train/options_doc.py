@@ -61,7 +61,10 @@ trainer.close()                        # leave the process group (under torchrun
 - `lr_scheduler_factory(optimizer=optimizer, num_training_steps=max_steps)`, e.g.
   `!partial:forgather.ml.optim:get_lr_scheduler {name: cosine, num_warmup_steps: 100}`; a factory
   that takes no `num_training_steps` gets the optimizer alone, so a torch scheduler works as it
-  is: `!partial:torch.optim.lr_scheduler:StepLR {step_size: 1000, gamma: 0.5}`.
+  is: `!partial:torch.optim.lr_scheduler:StepLR {step_size: 1000, gamma: 0.5}`. Several in a row:
+  `!partial:forgather.ml.optim:sequential_lr_factory {schedulers: [...], milestones: [100]}`
+  (each scheduler a factory as above; one that takes `num_training_steps` gets its segment's
+  length).
 - `compute_loss_func(outputs, labels) -> loss` replaces the default shifted causal-LM cross-entropy
   (ignore index -100). The trainer pops `labels` from the batch (default: `input_ids`) and never
   passes them to the model.

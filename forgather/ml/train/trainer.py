@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from forgather.errors import ForgatherError
 from forgather.ml.data.streaming import TokenStream, as_token_stream
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
+from forgather.ml.signatures import accepts_keyword
 from forgather.ml.train import activation_checkpointing, fp8
 from forgather.ml.train.args import HYPERPARAMETERS, TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
@@ -166,7 +167,7 @@ class Trainer:
         # models do by default, even in training) is told not to (memory, and a compiled block
         # would otherwise be specialised to its layer's cache entry).
         forward = unwrap_model(self.model).forward
-        self._no_cache = {"use_cache": False} if _accepts(forward, "use_cache") else {}
+        self._no_cache = {"use_cache": False} if accepts_keyword(forward, "use_cache") else {}
         self.callback_handler = CallbackHandler(callbacks or [])
         self.checkpoint_metadata: dict[str, Any] = {}
 
@@ -550,7 +551,9 @@ class Trainer:
         factory = self.lr_scheduler_factory
         if factory is not None:  # a torch scheduler takes no num_training_steps: give it its own
             steps = (
-                {"num_training_steps": max_steps} if _accepts(factory, "num_training_steps") else {}
+                {"num_training_steps": max_steps}
+                if accepts_keyword(factory, "num_training_steps")
+                else {}
             )
             return factory(optimizer=self.optimizer, **steps)
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
@@ -1023,22 +1026,6 @@ def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
     if isinstance(batch.get("labels"), torch.Tensor):
         return (batch["labels"] != IGNORE_INDEX).sum()
     return torch.tensor(batch["input_ids"].numel())
-
-
-def _accepts(function: Callable, name: str) -> bool:
-    """Whether `function` takes a keyword argument `name` (looking through `!partial` wrappers,
-    whose own signature is `*args, **kwargs`); False when it cannot be told."""
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    if name in parameters:
-        return parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
-    if hasattr(function, "func") and any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    ):
-        return _accepts(function.func, name)  # a config `!partial`: look at its target
-    return False
 
 
 def _first_parameter_name(factory: Callable) -> str | None:

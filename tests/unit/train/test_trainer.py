@@ -816,3 +816,54 @@ def test_a_torch_scheduler_partial_from_a_config_is_a_scheduler_factory(tmp_path
     assert type(trainer.lr_scheduler).__name__ == "StepLR"
     rates = [r["learning_rate"] for r in state.log_history if "learning_rate" in r]
     assert rates == pytest.approx([0.08, 0.08, 0.04, 0.04, 0.02][: len(rates)]) and len(rates) == 5
+
+
+SEQUENTIAL = """\
+scheduler: !partial:forgather.ml.optim:sequential_lr_factory
+    schedulers:
+        - !partial:torch.optim.lr_scheduler:LinearLR { start_factor: 0.25, total_iters: 2 }
+        - !partial:forgather.ml.optim:get_lr_scheduler { name: linear }
+    milestones: [ 2 ]
+"""
+
+
+def test_sequential_lr_factory_chains_schedulers_and_resumes_exactly(tmp_path):
+    """A torch warm-up (no num_training_steps) then forgather's linear decay over the remaining
+    steps (given its own segment's length), from a config; the chain checkpoints and resumes."""
+    from forgather.config.graph import load_config_string
+    from forgather.config.materialize import materialize
+
+    def run(output, max_steps, **overrides):
+        trainer = make_trainer(
+            tmp_path / output, max_steps=max_steps, warmup_steps=0, learning_rate=0.08,
+            save_strategy="steps", save_steps=3, **overrides,
+        )  # fmt: skip
+        trainer.lr_scheduler_factory = materialize(
+            load_config_string(SEQUENTIAL).target("scheduler")
+        )
+        state = trainer.train()
+        assert type(trainer.lr_scheduler).__name__ == "SequentialLR"
+        return [r["learning_rate"] for r in state.log_history if "learning_rate" in r]
+
+    straight = run("a", 6)
+    # steps 1-2: LinearLR from 0.25x to 1x over 2 steps; then 1 - k/4 of 0.08 over the last 4
+    assert straight == pytest.approx([0.02, 0.05, 0.08, 0.06, 0.04, 0.02])
+    assert run(
+        "a",
+        6,
+        resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoints" / "checkpoint-3"),
+        overwrite_output_dir=False,
+    )[-3:] == pytest.approx(straight[-3:])
+
+
+def test_sequential_lr_factory_names_a_milestone_mismatch():
+    import torch
+
+    from forgather.ml.optim import sequential_lr_factory
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    steps = torch.optim.lr_scheduler.StepLR
+    with pytest.raises(ValueError, match="2 schedulers need 1 milestones, got 2"):
+        sequential_lr_factory(optimizer, [lambda optimizer: steps(optimizer, 1)] * 2, [1, 2])
+    with pytest.raises(ValueError, match="milestones must be positive and increasing"):
+        sequential_lr_factory(optimizer, [lambda optimizer: steps(optimizer, 1)] * 3, [3, 2])
