@@ -18,25 +18,22 @@ and the time to resume a stream at step N.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from forgather.ml.data.corpus import EMBEDDED_CORPUS_DIR  # noqa: E402
+from forgather.ml.data.corpus import embedded_texts  # noqa: E402
 from forgather.ml.data.streaming import token_stream  # noqa: E402
 
 
 def write_files(directory: Path, copies: int, files: int) -> list[str]:
     """The train split, `copies` times over, as `files` JSON-lines files; returns the texts."""
-    with gzip.open(EMBEDDED_CORPUS_DIR / "train.jsonl.gz", "rt", encoding="utf-8") as lines:
-        texts = [json.loads(line)["text"] for line in lines if line.strip()] * copies
+    texts = embedded_texts("train") * copies
     per_file = -(-len(texts) // files)
     for index in range(files):
         with (directory / f"train-{index:05d}.jsonl").open("w") as out:
@@ -76,7 +73,8 @@ def throughput(directory: Path, tokenizer, packing: dict) -> dict[str, float]:
 
 def resume_times(directory: Path, tokenizer, packing: dict, batch_size: int, steps: list[int]):
     import torch
-    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from forgather.ml.data.streaming import resumable_loader
 
     def collate(rows):
         return [torch.tensor(row["input_ids"]) for row in rows]
@@ -85,9 +83,7 @@ def resume_times(directory: Path, tokenizer, packing: dict, batch_size: int, ste
         stream = token_stream(
             str(directory), tokenizer, fn_kwargs=packing, packing_buffer=64, shuffle_buffer=256
         )
-        with warnings.catch_warnings():  # torchdata 0.11 calls a torch API that now warns
-            warnings.filterwarnings("ignore", message=".*set_vital.*")
-            return StatefulDataLoader(stream, batch_size=batch_size, collate_fn=collate)
+        return resumable_loader(stream, batch_size=batch_size, collate_fn=collate)
 
     rows = []
     for step in steps:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forgather.errors import ForgatherError
-from forgather.ml.data.chat import CHATML_END, CHATML_TEMPLATE
+from forgather.ml.data.chat import CHATML_END, CHATML_TEMPLATE, own_chat_template
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ def chat_format(tokenizer: Any, template_file: str | Path | None = None) -> Chat
         if not text.strip():
             raise ForgatherError(f"--chat-template {path}: the file is empty")
         return ChatFormat(text, str(path))
-    own = getattr(tokenizer, "chat_template", None)
-    if isinstance(own, str) and own.strip():
+    own = own_chat_template(tokenizer)
+    if own is not None:
         return ChatFormat(own, "the tokenizer's chat template")
     return ChatFormat(CHATML_TEMPLATE, "ChatML (the tokenizer has no chat template)", (CHATML_END,))
 

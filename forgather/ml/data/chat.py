@@ -41,12 +41,15 @@ CHATML_TOKENS = (CHATML_START, CHATML_END)
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def own_chat_template(tokenizer: Any) -> str | None:
+    """The tokenizer's own chat template, or None when it has none."""
+    own = getattr(tokenizer, "chat_template", None)
+    return own if isinstance(own, str) and own.strip() else None
+
+
 def template_of(tokenizer: Any, chat_template: str | None = None) -> str:
     """`chat_template` if given, else the tokenizer's own, else ChatML."""
-    if chat_template:
-        return chat_template
-    own = getattr(tokenizer, "chat_template", None)
-    return own if isinstance(own, str) and own.strip() else CHATML_TEMPLATE
+    return chat_template or own_chat_template(tokenizer) or CHATML_TEMPLATE
 
 
 def conversation_messages(row: dict[str, Any], index: int | None = None) -> list[dict[str, str]]:
@@ -214,6 +217,7 @@ __all__ = [
     "chat_tokenize_fn",
     "chat_tokenizer",
     "conversation_messages",
+    "own_chat_template",
     "template_of",
     "tokenize_conversation",
 ]

@@ -149,9 +149,8 @@ def preprocess_dataset(
     if not streaming:
         map_args["num_proc"] = num_proc
         map_args["desc"] = desc or f"Tokenizing ({getattr(function, '__name__', 'map_fn')})"
-    if streaming:  # lazy: nothing is computed or cached now, so no rank waits for another
-        return dataset.map(function, **map_args)
-    with local_main_process_first():
+    # A stream is mapped lazily: nothing is computed or cached now, so no rank waits for another.
+    with contextlib.nullcontext() if streaming else local_main_process_first():
         return dataset.map(function, **map_args)
 
 

@@ -28,6 +28,7 @@ import copy
 import functools
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -315,6 +316,16 @@ def token_stream(
     )
 
 
+def resumable_loader(dataset: Any, **kwargs: Any) -> Any:
+    """torchdata's `StatefulDataLoader` over `dataset` (`kwargs` as for torch's `DataLoader`): the
+    loader whose `state_dict()` is each worker's stream position."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    with warnings.catch_warnings():  # torchdata 0.11 calls a torch API that now warns
+        warnings.filterwarnings("ignore", message=".*set_vital.*")
+        return StatefulDataLoader(dataset, **kwargs)
+
+
 def as_token_stream(dataset: Any) -> TokenStream | None:
     """A training dataset as a `TokenStream` when it is a stream (a bare `datasets.IterableDataset`
     is wrapped as it is), None for a map-style dataset; other iterables are refused by name."""
@@ -330,4 +341,4 @@ def as_token_stream(dataset: Any) -> TokenStream | None:
     return None
 
 
-__all__ = ["TokenStream", "as_stream", "as_token_stream", "token_stream"]
+__all__ = ["TokenStream", "as_stream", "as_token_stream", "resumable_loader", "token_stream"]

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from forgather.errors import ForgatherError
-from forgather.ml.data.streaming import TokenStream, as_token_stream
+from forgather.ml.data.streaming import TokenStream, as_token_stream, resumable_loader
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
 from forgather.ml.signatures import accepts_keyword
 from forgather.ml.train import activation_checkpointing, fp8
@@ -608,8 +607,6 @@ class Trainer:
         until then, so no rank runs out before another. The position is torchdata's
         `StatefulDataLoader` state (each worker's stream position and shuffle buffer), saved per rank.
         """
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         args = self.args
         if args.max_steps <= 0:
             raise ValueError(
@@ -628,16 +625,14 @@ class Trainer:
                 )
         self._drop_last = True  # a repeating stream has no short last batch
         self.train_sampler = None
-        with warnings.catch_warnings():  # torchdata 0.11 calls a torch API that now warns
-            warnings.filterwarnings("ignore", message=".*set_vital.*")
-            self.train_dataloader = StatefulDataLoader(
-                self.train_stream,
-                batch_size=args.per_device_train_batch_size,
-                collate_fn=self.data_collator,
-                num_workers=workers,
-                pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
-                drop_last=True,
-            )
+        self.train_dataloader = resumable_loader(
+            self.train_stream,
+            batch_size=args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
+            drop_last=True,
+        )
         self.batches_per_epoch = sys.maxsize  # one endless pass; max_steps stops it
         self.state.max_steps = args.max_steps
         self.state.num_train_epochs = 1

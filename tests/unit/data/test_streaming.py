@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from forgather.ml.data.errors import DatasetError
-from forgather.ml.data.streaming import TokenStream, as_token_stream, token_stream
+from forgather.ml.data.streaming import (
+    TokenStream,
+    as_token_stream,
+    resumable_loader,
+    token_stream,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -33,9 +38,7 @@ def collate(rows):
 
 
 def batches(stream: TokenStream, workers: int, count: int, state=None):
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    loader = StatefulDataLoader(stream, batch_size=3, collate_fn=collate, num_workers=workers)
+    loader = resumable_loader(stream, batch_size=3, collate_fn=collate, num_workers=workers)
     if state is not None:
         loader.load_state_dict(state)
     iterator = iter(loader)
