@@ -1,5 +1,6 @@
 """Whether a callable takes a keyword argument: the one check behind every "pass it only if it is
-wanted" call (the trainer's factories, `preprocess_dataset`'s map function, LR scheduler chains)."""
+wanted" call (the trainer's factories, `preprocess_dataset`'s map function, LR scheduler chains),
+and what a factory's first parameter is called (named parameters or plain ones)."""
 
 from __future__ import annotations
 
@@ -31,4 +32,19 @@ def accepts_keyword(function: Callable, name: str, *, var_keyword: bool = False)
     return False
 
 
-__all__ = ["accepts_keyword"]
+def first_parameter_name(factory: Callable) -> str | None:
+    """The name of the first parameter `factory` still takes (looking through `!partial` wrappers)."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if (
+        parameters
+        and parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
+        and hasattr(factory, "func")
+    ):
+        return first_parameter_name(factory.func)  # a config `!partial`: look at its target
+    return parameters[0].name if parameters else None
+
+
+__all__ = ["accepts_keyword", "first_parameter_name"]

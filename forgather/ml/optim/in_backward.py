@@ -1,8 +1,8 @@
 """The optimizer step fused into the backward pass: each parameter is updated as soon as its
 gradient is complete, and that gradient is freed at once.
 
-`OptimizerInBackward(optimizer)` splits a built optimizer into one optimizer of the same class and
-hyper-parameters per parameter, stepped by the parameter's post-accumulate-grad hook. So the
+`OptimizerInBackward(optimizer)` splits a built optimizer (each inner optimizer of a `Multiopt`) into
+one optimizer of the same class and hyper-parameters per parameter, stepped by the parameter's post-accumulate-grad hook. So the
 gradients of the whole model never exist together: peak memory drops by up to one gradient per
 parameter (the largest gradients are freed before the backward pass reaches the embeddings).
 
@@ -25,23 +25,27 @@ from typing import Any
 
 import torch
 
+from forgather.ml.optim.multiopt import Multiopt
+from forgather.ml.optim.state import restore_saved_dtypes
+
 
 class OptimizerInBackward(torch.optim.Optimizer):
     """Per-parameter copies of `optimizer`, stepped in the backward pass (see the module docs)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
-        cls = type(optimizer)
         self.inner = []
         groups: list[dict[str, Any]] = []
         state: defaultdict = defaultdict(dict)
-        for group in optimizer.param_groups:
-            settings = {k: v for k, v in group.items() if k != "params"}
-            for param in group["params"]:
-                # the group holds every hyper-parameter (defaults filled in): it is the whole spec
-                sub = cls([{**settings, "params": [param]}])
-                sub.state = state  # one state for all: keys are distinct parameters
-                groups.append(sub.param_groups[0])
-                self.inner.append(sub)
+        leaves = optimizer.optimizers if isinstance(optimizer, Multiopt) else [optimizer]
+        for leaf in leaves:
+            for group in leaf.param_groups:
+                settings = {k: v for k, v in group.items() if k != "params"}
+                for param in group["params"]:
+                    # the group holds every hyper-parameter (defaults filled in): the whole spec
+                    sub = type(leaf)([{**settings, "params": [param]}])
+                    sub.state = state  # one state for all: keys are distinct parameters
+                    groups.append(sub.param_groups[0])
+                    self.inner.append(sub)
         torch.optim.Optimizer.__init__(self, [{"params": g["params"]} for g in groups], {})
         self.param_groups = groups  # the per-parameter optimizers' own dicts, shared
         self.state = state
@@ -83,6 +87,7 @@ class OptimizerInBackward(torch.optim.Optimizer):
         for sub, group in zip(self.inner, self.param_groups, strict=True):
             sub.param_groups[0] = group
             sub.state = self.state
+        restore_saved_dtypes(self, state_dict)  # fp32 state of bf16 parameters stays fp32
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for sub in self.inner:

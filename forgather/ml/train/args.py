@@ -20,7 +20,10 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon", "apollo", "apollo_mini", "adafactor", "sinkgd")
+"""The values of `optim`: a torch-free copy of `forgather.ml.optim.OPTIMIZERS` (a test keeps them
+equal), so a config is checked without importing torch."""
+
 LR_SCHEDULERS = ("linear", "cosine", "constant", "wsd", "infinite")
 STRATEGIES = ("no", "steps", "epoch")
 PARALLELISMS = ("ddp", "fsdp", "pipeline", "diloco")
@@ -48,6 +51,7 @@ HYPERPARAMETERS = (
     "adam_beta2",
     "adam_epsilon",
     "optim",
+    "optim_kwargs",
     "lr_scheduler_type",
     "lr_scheduler_kwargs",
     "warmup_steps",
@@ -122,7 +126,14 @@ class TrainingArguments:
     """AdamW epsilon."""
 
     optim: str = "adamw"
-    """Default optimizer when no `optimizer_factory` is given: "adamw" or "sgd"."""
+    """Default optimizer when no `optimizer_factory` is given: "adamw", "sgd", "muon", "apollo",
+    "apollo_mini", "adafactor" or "sinkgd" (`forgather.ml.optim.make_optimizer`; docs/optimizers.md).
+    The matrix optimizers (muon, apollo, apollo_mini, sinkgd) take the hidden weight matrices and
+    leave embeddings, head, norms and biases to AdamW."""
+
+    optim_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the `optim` optimizer (e.g. `{momentum: 0.9}` for muon,
+    `{rank: 64}` for apollo, `{fused: true}` for adamw)."""
 
     lr_scheduler_type: str = "linear"
     """Default LR schedule when no `lr_scheduler_factory` is given: "linear", "cosine", "constant",
@@ -398,6 +409,8 @@ class TrainingArguments:
             self.greater_is_better = not (name.endswith("loss") or name.endswith("perplexity"))
         if self.lr_scheduler_kwargs is None:
             self.lr_scheduler_kwargs = {}
+        if self.optim_kwargs is None:
+            self.optim_kwargs = {}
         if self.resume_from_checkpoint is False:
             self.resume_from_checkpoint = None
         self._validate()
@@ -441,6 +454,7 @@ class TrainingArguments:
         require(
             isinstance(self.lr_scheduler_kwargs, dict), "lr_scheduler_kwargs", "must be a mapping"
         )
+        require(isinstance(self.optim_kwargs, dict), "optim_kwargs", "must be a mapping")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
         require(

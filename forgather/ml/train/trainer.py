@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from forgather.errors import ForgatherError
 from forgather.ml.data.streaming import TokenStream, as_token_stream, resumable_loader
 from forgather.ml.optim import get_lr_scheduler, make_optimizer
-from forgather.ml.signatures import accepts_keyword
+from forgather.ml.signatures import accepts_keyword, first_parameter_name
 from forgather.ml.train import activation_checkpointing, fp8
 from forgather.ml.train.args import HYPERPARAMETERS, TrainingArguments
 from forgather.ml.train.callbacks.base import CallbackHandler
@@ -330,8 +330,6 @@ class Trainer:
     def _choose_loss_impl(self) -> str | None:
         """The fused loss backend the model computes its loss with (`fused_loss`), "model" (the
         model's own loss from the labels), or None: the trainer computes it from the logits."""
-        import inspect
-
         from forgather.ml.models.transformer.loss import resolve_impl
         from forgather.ml.unwrap import unwrap_model
 
@@ -521,8 +519,9 @@ class Trainer:
                 weight_decay=args.weight_decay,
                 betas=(args.adam_beta1, args.adam_beta2),
                 eps=args.adam_epsilon,
+                **args.optim_kwargs,
             )
-        if _first_parameter_name(self.optimizer_factory) == "named_parameters":
+        if first_parameter_name(self.optimizer_factory) == "named_parameters":
             return self.optimizer_factory(named)
         return self.optimizer_factory([p for _, p in named])
 
@@ -1021,21 +1020,6 @@ def _count_tokens(batch: dict[str, Any]) -> torch.Tensor:
     if isinstance(batch.get("labels"), torch.Tensor):
         return (batch["labels"] != IGNORE_INDEX).sum()
     return torch.tensor(batch["input_ids"].numel())
-
-
-def _first_parameter_name(factory: Callable) -> str | None:
-    """The name of the first parameter `factory` still takes (looking through `!partial` wrappers)."""
-    try:
-        parameters = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if (
-        parameters
-        and parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
-        and hasattr(factory, "func")
-    ):
-        return _first_parameter_name(factory.func)  # a config `!partial`: look at its target
-    return parameters[0].name if parameters else None
 
 
 __all__ = ["Trainer"]

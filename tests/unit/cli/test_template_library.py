@@ -38,6 +38,24 @@ def config_for(name: str) -> tuple[str, str | None]:
             "-- endblock trainer_args\n"
         )
         return text, f"trainer_args.parallelism={strategy}"
+    if name == "optimizers/multiopt.yaml":
+        text = (
+            '-- extends "training_script/causal_lm.yaml"\n'
+            "-- block trainer\n"
+            "    == super()\n"
+            f'    -- include "{name}"\n'
+            "-- endblock trainer\n"
+        )
+        return text, "trainer.optimizer_factory.groups.1.pattern=self_attn"
+    if name.startswith("optimizers/"):
+        text = (
+            '-- extends "training_script/causal_lm.yaml"\n'
+            "-- block trainer_args\n"
+            "    == super()\n"
+            f'    -- include "{name}"\n'
+            "-- endblock trainer_args\n"
+        )
+        return text, f"trainer_args.optim={Path(name).stem}"
     if name.startswith(("datasets/", "tokenizers/")):
         block = "datasets" if name.startswith("datasets/") else "tokenizer"
         text = (

@@ -148,6 +148,7 @@ def launch(
     model: str = "llama",
     node: tuple[int, int, int] | None = None,
     stream: str | os.PathLike | None = None,
+    mixed_optimizers: bool = False,
 ):
     """Start `run_trainer` as its own process group (under torchrun when nproc > 1).
 
@@ -182,6 +183,8 @@ def launch(
     command += ["--model", model]
     if stream is not None:
         command += ["--stream", str(stream)]
+    if mixed_optimizers:
+        command += ["--mixed-optimizers"]
     # faulthandler: a rank that dies in C++ (SIGABRT, SIGSEGV) prints every thread's Python stack
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     full_env.pop("WORLD_SIZE", None)

@@ -4,7 +4,10 @@ read as a stream (`token_stream`, an 8-row shuffle buffer) instead of the map-st
 
     python -m tests.unit.train.run_trainer --args '{"output_dir": "out", "max_steps": 12}' \
         --records out/log.jsonl [--weights w.pt] [--hang-after-save 8] [--samples 40] [--hidden 64]
-        [--model llama|forgather] [--stream DIR]
+        [--model llama|forgather] [--stream DIR] [--mixed-optimizers]
+
+`--mixed-optimizers` trains with every optimizer of forgather.ml.optim at once (a Multiopt giving
+each some of the parameters).
 
 `--hang-after-save K` makes the run sleep right after checkpoint K is written (a marker file
 `<output_dir>/hanging` appears), so a test can kill it at a known point.
@@ -63,6 +66,26 @@ def check_teardown() -> None:
         os._exit(3)
 
 
+def mixed_optimizers(args: TrainingArguments):
+    """A Multiopt with every optimizer of forgather.ml.optim, each on some of the tiny Llama's
+    parameters (one run covers them all: sharded, checkpointed, resumed)."""
+    import functools
+
+    from forgather.ml.optim import Adafactor, Apollo, Muon, SinkGD, apollo_mini, multiopt
+
+    lr = args.learning_rate
+    groups = [
+        ("q_proj", functools.partial(Muon, lr=lr, weight_decay=0.01)),
+        ("k_proj", functools.partial(Apollo, lr=lr, rank=8, projector="random")),
+        ("v_proj", functools.partial(Apollo, lr=lr, rank=8, projector="online_pca")),
+        ("o_proj", functools.partial(apollo_mini, lr=lr)),
+        ("gate_proj", functools.partial(SinkGD, lr=lr)),
+        ("up_proj|down_proj", functools.partial(Adafactor, lr=lr, relative_step=False)),
+        (".", functools.partial(torch.optim.AdamW, lr=lr)),
+    ]
+    return functools.partial(multiopt, groups=[{"pattern": p, "optimizer": f} for p, f in groups])
+
+
 def main() -> None:
     atexit.register(check_teardown)
     parser = argparse.ArgumentParser()
@@ -74,6 +97,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--model", choices=("llama", "forgather"), default="llama")
     parser.add_argument("--stream")
+    parser.add_argument("--mixed-optimizers", action="store_true", help="every optimizer at once")
     options = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -91,6 +115,7 @@ def main() -> None:
         else ProgressionDataset(options.samples, seed=1),
         eval_dataset=ProgressionDataset(16, seed=2),
         callbacks=callbacks,
+        optimizer_factory=mixed_optimizers(args) if options.mixed_optimizers else None,
     )
     trainer.train()
     if options.weights:

@@ -26,6 +26,23 @@ def logging_dir(args: Any) -> Path:
     return Path(output_dir) / "logs" if output_dir else Path("logs")
 
 
+def read_jsonl_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a `trainer_logs.jsonl` (a partial last line, from a crash, is skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def find_jsonl_logs(root: str | os.PathLike) -> list[Path]:
+    """Every `trainer_logs.jsonl` under `root` (a run's output directory, or one of its runs)."""
+    root = Path(root)
+    return sorted(root.rglob(JSONL_NAME)) if root.is_dir() else [root]
+
+
 def to_jsonable(value: Any) -> Any:
     """Tensors and numpy scalars as numbers, NaN/inf as the strings "nan"/"inf"/"-inf" (strict JSON)."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
