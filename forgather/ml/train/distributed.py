@@ -205,9 +205,12 @@ def _collect_before_teardown() -> None:
     teardown collects them; a gloo worker thread that then needs the GIL to free a tensor is
     stopped mid-destructor and the process dies with "terminate called without an active
     exception" (SIGABRT) after a successful run. Collecting here, before that teardown, destroys
-    the group while its threads can still finish.
+    the group while its threads can still finish. Collected until nothing more is freed (a
+    finalizer run by one pass can release the last reference to another cycle).
     """
-    gc.collect()
+    for _ in range(4):
+        if not gc.collect():
+            break
 
 
 __all__ = ["DistributedEnvironment"]

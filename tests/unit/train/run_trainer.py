@@ -50,20 +50,42 @@ class HangAfterSave:
 
 
 def check_teardown() -> None:
-    """Registered before the process group exists, so it runs after forgather's own exit hook."""
+    """Registered before the process group exists, so it runs after forgather's own exit hook.
+    A held group is reported with what keeps its holder alive (the chain of referrers)."""
     import torch.distributed as dist
 
     with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
         warnings.simplefilter("ignore")
-        holders = collections.Counter(
-            type(owner).__name__
+        owners = [
+            owner
             for owner in gc.get_objects()
             if any(isinstance(r, dist.ProcessGroup) for r in gc.get_referents(owner))
-        )
-    if holders:
+        ]
+    if owners:
+        holders = collections.Counter(type(owner).__name__ for owner in owners)
         sys.stderr.write(f"process groups still held at interpreter teardown by {dict(holders)}\n")
+        sys.stderr.write(f"kept alive by: {referrer_chain(owners[0])}\n")
         sys.stderr.flush()
         os._exit(3)
+
+
+def referrer_chain(start: object, depth: int = 6) -> str:
+    """The types on one path of referrers from `start` outwards (a diagnosis aid)."""
+    chain, current, seen = [], start, {id(start)}
+    for _ in range(depth):
+        referrers = [
+            r for r in gc.get_referrers(current)
+            if id(r) not in seen and r is not chain and not isinstance(r, type(sys._getframe()))
+        ]  # fmt: skip
+        if not referrers:
+            break
+        current = referrers[0]
+        seen.add(id(current))
+        described = type(current).__name__
+        if isinstance(current, dict):
+            described += f"(keys {sorted(map(str, current))[:4]})"
+        chain.append(described)
+    return " <- ".join([type(start).__name__, *chain])
 
 
 def mixed_optimizers(args: TrainingArguments):
