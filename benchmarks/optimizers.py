@@ -1,6 +1,7 @@
 """Optimizer step time and state memory, ours beside the reference implementations, in one process.
 
-    python benchmarks/optimizers.py [--device cuda] [--shape 110m|tiny] [--steps 20] [--only a,b]
+    python benchmarks/optimizers.py [--device cuda] [--shape 110m|1b|tiny] [--steps 20] [--only a,b]
+        [--adafactor-sizes 768x2048,8192x8192]
 
 Every optimizer steps the same Llama-shaped model (our causal LM at `--shape`; 110m: hidden 768,
 12 layers, ffn 2048, vocab 32000 tied) with the same fixed random gradients; printed per optimizer:
@@ -13,6 +14,9 @@ Pairs measured against their peers:
   `transformers.optimization.Adafactor`, all at a constant learning rate without momentum;
 - Muon: ours vs `torch.optim.Muon` on the hidden matrices (AdamW for the rest in both);
 - Apollo, Apollo-mini, SinkGD, SGD: against AdamW (no peer in torch or transformers).
+
+`--adafactor-sizes` (GPU) also times Adafactor's PyTorch path against its Triton kernel on single
+matrices of the given sizes, fp32 and bf16 weights.
 
 Writes the raw figures to benchmarks/results/optimizers-<date>-<shape>-<device>.json.
 """
@@ -45,6 +49,8 @@ from forgather.ml.optim import (  # noqa: E402
 SHAPES = {
     "110m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                  num_attention_heads=12, num_key_value_heads=12, vocab_size=32000),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=4096),
 }  # fmt: skip
@@ -131,12 +137,45 @@ def measure(model, factory: Callable, steps: int, device: str) -> dict[str, floa
     return row
 
 
+def adafactor_kernels(sizes: list[tuple[int, int]], steps: int) -> list[dict]:
+    """Adafactor's step on one matrix of each size (fp32 and bf16 weights): the PyTorch path vs
+    the Triton kernel, on the GPU."""
+    rows = []
+    for rows_, cols in sizes:
+        for dtype in (torch.float32, torch.bfloat16):
+            times = {}
+            for kernel in ("torch", "triton"):
+                param = torch.nn.Parameter(torch.randn(rows_, cols, device="cuda", dtype=dtype))
+                param.grad = torch.randn_like(param) * 1e-3
+                optimizer = Adafactor([param], lr=LR, relative_step=False, kernel=kernel)
+                for _ in range(3):
+                    optimizer.step()
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                for _ in range(steps):
+                    optimizer.step()
+                torch.cuda.synchronize()
+                times[kernel] = (time.perf_counter() - started) / steps * 1000
+            row = {"shape": f"{rows_}x{cols}", "dtype": str(dtype).removeprefix("torch."),
+                   "torch_ms": times["torch"], "triton_ms": times["triton"]}  # fmt: skip
+            rows.append(row)
+            print(f"adafactor {row['shape']:>11s} {row['dtype']:8s} torch {times['torch']:7.3f} ms"
+                  f"  triton {times['triton']:7.3f} ms  triton speed-up "
+                  f"{times['torch'] / times['triton']:.2f}x")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", default="", help="comma-separated optimizer names")
+    parser.add_argument(
+        "--adafactor-sizes",
+        default="",
+        help="GPU: also time Adafactor's torch path vs its Triton kernel on matrices ROWSxCOLS,...",
+    )
     options = parser.parse_args()
     shape = options.shape or ("110m" if options.device == "cuda" else "tiny")
     torch.manual_seed(0)
@@ -170,11 +209,18 @@ def main() -> None:
         if ours in results and peer in results:
             speedup = results[peer]["step_ms"] / results[ours]["step_ms"]
             print(f"{ours} vs {peer}: {speedup:.2f}x the speed")
+    kernel_rows = []
+    if options.adafactor_sizes and options.device == "cuda":
+        sizes = [
+            tuple(int(x) for x in size.split("x")) for size in options.adafactor_sizes.split(",")
+        ]
+        kernel_rows = adafactor_kernels(sizes, options.steps)
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"optimizers-{date.today():%Y%m%d}-{shape}-{options.device}.json"
     path.write_text(json.dumps({"device": device_name, "shape": shape, "parameters": parameters,
-                                "torch": torch.__version__, "results": results}, indent=1))  # fmt: skip
+                                "torch": torch.__version__, "results": results,
+                                "adafactor_kernels": kernel_rows}, indent=1))  # fmt: skip
     print(f"wrote {path.relative_to(REPO)}")
 
 

@@ -11,6 +11,13 @@
   understands the hub's repository layouts (`data/train-*.parquet`, a README with configs, ...);
 * anything else is a **hub name** passed to `datasets.load_dataset(name, split=split, **kwargs)`.
 
+`subdir` reads a **local copy of a hub repository** the way the hub reads one of its configs: the
+data files of `<directory>/<subdir>` (e.g. `data`, `wikitext-103-raw-v1`, `sample/10BT`) are the
+splits, by name where they carry one (`train-00000-of-00004.parquet`), else all of them are `train`;
+a hub config `name=` is then dropped (the folder is the config). For a hub name `subdir` is ignored,
+so one call works online by name (`name=` picks the config) and offline against a local copy.
+`hold_out(data, docs)` splits a validation split off a corpus that has only a train split.
+
 `split=None` returns every split (a `DatasetDict`); a split name returns one `Dataset`. Names with a
 slice (`"train[:1000]"`, `"train[:5%]"`) work for files and hub names. Problems a user can fix raise
 `DatasetError` with a one-line message naming the path.
@@ -74,6 +81,20 @@ def split_files(directory: Path) -> dict[str, list[Path]]:
         if match and match["split"].lower() in SPLIT_NAMES:
             found.setdefault(match["split"].lower(), []).append(path)
     return found
+
+
+def subdir_files(directory: Path, where: str) -> dict[str, list[Path]]:
+    """The data files of a hub config's folder, as splits: split-named files by split, else (files
+    such as `000_00000.parquet`) every data file as `train`; nested folders are searched too."""
+    if not directory.is_dir():
+        raise DatasetError(f"{where}: no such directory")
+    found = split_files(directory)
+    if found:
+        return found
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and data_format(p) is not None)
+    if not files:
+        raise DatasetError(f"{where}: no data files")
+    return {"train": files}
 
 
 def is_saved_dataset(directory: Path) -> bool:
@@ -190,17 +211,24 @@ def load_text_dataset(
     path_or_name: str | os.PathLike,
     split: str | None = None,
     text_field: str | None = "text",
+    subdir: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a text dataset from a local file or directory, or (for anything else) a hub name.
 
     Returns a `datasets.Dataset` when `split` is given, else a `DatasetDict` of all splits. Keyword
-    arguments go to `datasets.load_dataset` (e.g. `streaming=True`, `cache_dir=...`, or `sample_by=`
-    for text files). `text_field` is the column that must exist (None: no check).
+    arguments go to `datasets.load_dataset` (e.g. `streaming=True`, `cache_dir=...`, `name=` (a hub
+    config), or `sample_by=` for text files). `text_field` is the column that must exist (None: no
+    check). `subdir`: for a local directory, read the files of this folder of it (a local copy of a
+    hub repository, see the module docs); ignored for hub names.
     """
     where = str(path_or_name)
     path = Path(os.path.expanduser(where))
-    if path.is_file():
+    if subdir and path.is_dir():
+        where = os.path.join(where, subdir)
+        kwargs.pop("name", None)  # the hub config's folder is chosen by subdir
+        data = _load_files(where, subdir_files(path / subdir, where), split, kwargs)
+    elif path.is_file():
         fmt = data_format(path)
         if fmt is None:
             raise DatasetError(
@@ -223,6 +251,34 @@ def load_text_dataset(
         data = _load_hub(where, split, kwargs)
     check_text_field(data, text_field, where)
     return data
+
+
+def hold_out(data: Any, docs: int, split: str = "train", name: str = "validation") -> Any:
+    """A corpus with only a `split` split (FineWeb-edu, SmolLM) given a validation split: its first
+    `docs` documents become `name`, and `split` keeps the rest.
+
+    `data` is a dataset dict or one split; a stream (`datasets.IterableDataset`) is split with
+    `take`/`skip` (when a stream is later read by several processes or workers, `datasets` spreads
+    the skipped count over its files), a map-style dataset with `select`. Returns a dataset dict of
+    the same kind with the two splits.
+    """
+    import datasets
+
+    if docs < 1:
+        raise DatasetError(f"hold_out: docs must be >= 1, got {docs}")
+    if isinstance(data, datasets.DatasetDict | datasets.IterableDatasetDict | dict):
+        if split not in data:
+            raise DatasetError(f"hold_out: no split {split!r} (splits: {', '.join(data)})")
+        data = data[split]
+    if isinstance(data, datasets.IterableDataset):
+        return datasets.IterableDatasetDict({split: data.skip(docs), name: data.take(docs)})
+    if len(data) <= docs:
+        raise DatasetError(
+            f"hold_out: {docs} validation documents leave no training data ({len(data)} in all)"
+        )
+    return datasets.DatasetDict(
+        {split: data.select(range(docs, len(data))), name: data.select(range(docs))}
+    )
 
 
 def embedded_texts(split: str) -> list[str]:
@@ -290,6 +346,7 @@ def unigram_entropy(
 __all__ = [
     "CORPUS_NAME",
     "EMBEDDED_CORPUS_DIR",
+    "hold_out",
     "load_embedded_corpus",
     "load_text_dataset",
     "unigram_entropy",

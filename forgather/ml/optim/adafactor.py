@@ -63,12 +63,13 @@ Gradients are consumed as found in `.grad` (accumulate / clip before `step()`); 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 
 from forgather.ml.optim import triton_adafactor
+from forgather.ml.optim.base import ParameterwiseOptimizer
 from forgather.ml.optim.state import restore_saved_dtypes
 from forgather.ml.optim.stochastic_rounding import round_to_bf16_
 
@@ -158,7 +159,7 @@ def _check_settings(group: dict[str, Any]) -> None:
         raise ValueError("warmup_init=True requires relative_step=True")
 
 
-class Adafactor(torch.optim.Optimizer):
+class Adafactor(ParameterwiseOptimizer):
     """Adafactor with factored second moments and bf16 stochastic rounding (see the module docs).
 
     Args:
@@ -319,20 +320,9 @@ class Adafactor(torch.optim.Optimizer):
             return group["lr"] * min(cap, 1.0 / math.sqrt(t))
         return group["lr"]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every parameter that has a gradient; returns `closure()`'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and p.numel() > 0:
-                    self._step_param(p, group)
-        return loss
-
-    def _step_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+    def update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        if p.numel() == 0:
+            return
         grad = p.grad
         if grad.is_sparse:
             raise ValueError("Adafactor does not support sparse gradients")

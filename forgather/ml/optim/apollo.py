@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from forgather.ml.optim.base import ParameterwiseOptimizer
 from forgather.ml.optim.dtensor import shard_like, whole
 from forgather.ml.optim.projectors import OnlinePCAProjector, Projector, RandProjector
 
@@ -123,7 +124,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class Apollo(torch.optim.Optimizer):
+class Apollo(ParameterwiseOptimizer):
     """APOLLO / APOLLO-Mini (see the module docs for the algorithm, options and default rule)."""
 
     def __init__(
@@ -197,24 +198,11 @@ class Apollo(torch.optim.Optimizer):
     def _projected(group: dict[str, Any], param: Tensor) -> bool:
         return group["projector"] is not None and param.ndim == 2
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimizer step over every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("Apollo does not support sparse gradients")
-                if self._projected(group, param):
-                    self._apollo_step(param, self.state[param], group)
-                else:
-                    adamw_step(param, self.state[param], group)
-        return loss
+    def update(self, param: Tensor, group: dict[str, Any]) -> None:
+        if self._projected(group, param):
+            self._apollo_step(param, self.state[param], group)
+        else:
+            adamw_step(param, self.state[param], group)
 
     def _projector(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Projector:
         """The parameter's projector, rebuilt from its state when the cached one is not current."""

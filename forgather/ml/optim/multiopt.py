@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from forgather.ml.optim.base import run_closure
 from forgather.ml.optim.state import restore_saved_dtypes
 from forgather.ml.signatures import first_parameter_name
 
@@ -73,10 +74,7 @@ class Multiopt(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from forgather.ml.optim.base import ParameterwiseOptimizer
 from forgather.ml.optim.dtensor import shard_like, whole
 from forgather.ml.optim.state import restore_saved_dtypes
 
@@ -72,7 +73,7 @@ def lr_scale(shape: torch.Size, adjust_lr: str | None) -> float:
     return 1.0
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(ParameterwiseOptimizer):
     """Muon over matrix parameters (see the module docs); every option may differ per group."""
 
     def __init__(
@@ -114,29 +115,18 @@ class Muon(torch.optim.Optimizer):
                         "vectors (norms, biases) to AdamW — make_optimizer(name='muon') does"
                     )
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            momentum, lr = group["momentum"], group["lr"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                state = self.state[param]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(grad, dtype=torch.float32)
-                buffer = state["momentum_buffer"]
-                buffer.lerp_(grad.float(), 1 - momentum)
-                update = grad.float().lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = self._orthogonal(update, group).to(param.dtype)
-                if group["weight_decay"]:
-                    param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-lr * lr_scale(param.shape, group["adjust_lr"]))
-        return loss
+    def update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
+        grad, momentum, lr = param.grad, group["momentum"], group["lr"]
+        state = self.state[param]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(grad, dtype=torch.float32)
+        buffer = state["momentum_buffer"]
+        buffer.lerp_(grad.float(), 1 - momentum)
+        update = grad.float().lerp(buffer, momentum) if group["nesterov"] else buffer
+        update = self._orthogonal(update, group).to(param.dtype)
+        if group["weight_decay"]:
+            param.mul_(1 - lr * group["weight_decay"])
+        param.add_(update, alpha=-lr * lr_scale(param.shape, group["adjust_lr"]))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

@@ -35,13 +35,14 @@ temporary while stepping. AdamW-fallback parameters keep AdamW's state (step, ex
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from forgather.ml.optim.apollo import adamw_step, check_adamw_settings
+from forgather.ml.optim.base import ParameterwiseOptimizer
 from forgather.ml.optim.dtensor import shard_like, whole
 
 _NORM_FLOOR = 1e-30
@@ -61,7 +62,7 @@ def sinkhorn_normalize(grad: Tensor, iters: int = 5) -> Tensor:
     return x
 
 
-class SinkGD(torch.optim.Optimizer):
+class SinkGD(ParameterwiseOptimizer):
     """SinkGD with an AdamW fallback (see the module docs for the algorithm and default rule)."""
 
     def __init__(
@@ -95,33 +96,20 @@ class SinkGD(torch.optim.Optimizer):
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"sinkhorn_iters must be a positive integer, got {iters!r}")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimizer step over every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("SinkGD does not support sparse gradients")
-                if not (group["sinkhorn"] and param.ndim == 2):
-                    adamw_step(param, self.state[param], group)
-                    continue
-                state = self.state[param]
-                if not state:  # a step count only: checkpoint loaders expect every param a state
-                    state["step"] = torch.tensor(0.0)
-                state["step"] += 1
-                lr = float(group["lr"])
-                update = sinkhorn_normalize(whole(param.grad), group["sinkhorn_iters"])
-                update = shard_like(update, param)  # FSDP2: normalised whole, applied per shard
-                if group["weight_decay"] != 0.0:
-                    param.mul_(1.0 - lr * group["weight_decay"])
-                param.add_(update.to(param.dtype), alpha=-lr)
-        return loss
+    def update(self, param: Tensor, group: dict[str, Any]) -> None:
+        if not (group["sinkhorn"] and param.ndim == 2):
+            adamw_step(param, self.state[param], group)
+            return
+        state = self.state[param]
+        if not state:  # a step count only: checkpoint loaders expect every param a state
+            state["step"] = torch.tensor(0.0)
+        state["step"] += 1
+        lr = float(group["lr"])
+        update = sinkhorn_normalize(whole(param.grad), group["sinkhorn_iters"])
+        update = shard_like(update, param)  # FSDP2: normalised whole, applied per shard
+        if group["weight_decay"] != 0.0:
+            param.mul_(1.0 - lr * group["weight_decay"])
+        param.add_(update.to(param.dtype), alpha=-lr)
 
 
 __all__ = ["SinkGD", "sinkhorn_normalize"]

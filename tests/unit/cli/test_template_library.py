@@ -71,8 +71,36 @@ def config_for(name: str) -> tuple[str, str | None]:
         expected = {
             "datasets/streaming_text.yaml": "train_dataset.shuffle_buffer=256",
             "datasets/conversations.yaml": "train_dataset.desc=Tokenizing the train conversations",
+            "datasets/tinystories.yaml": "train_dataset.desc=Tokenizing TinyStories (train)",
+            "datasets/wikitext.yaml": "train_dataset.desc=Tokenizing WikiText (train)",
+            "datasets/fineweb_edu.yaml": "train_dataset.shuffle_buffer=1024",
+            "datasets/smollm.yaml": "train_dataset.weights=220",
         }
         return text, expected.get(name)
+    if name.startswith(("models/", "callbacks/")):
+        block = "model" if name.startswith("models/") else "trainer_callbacks"
+        text = (
+            '-- extends "training_script/causal_lm.yaml"\n'
+            "-- block config_metadata\n"
+            "    == super()\n"
+            '    -- set ns.model_path = "/models/some-model"\n'
+            "    -- set ns.num_hidden_layers = 2\n"
+            "-- endblock config_metadata\n"
+            f"-- block {block}\n"
+            f'-- include "{name}"\n'
+            f"-- endblock {block}\n"
+        )
+        expected = {
+            "models/llama.yaml": "model.num_hidden_layers=2",
+            "models/mistral.yaml": "model.preset=tiny_mistral",
+            "models/qwen3.yaml": "model.qk_norm=true",
+            "models/gpt2.yaml": "model.preset=tiny_gpt2",
+            "models/pretrained.yaml": "model.path=/models/some-model",
+            "callbacks/default.yaml": "trainer_callbacks.control=TrainerControlCallback",
+            "callbacks/minimal.yaml": "trainer_callbacks.json=JsonLinesLogger",
+            "callbacks/full.yaml": "trainer_callbacks.sampled.seed=1234",
+        }
+        return text, expected[name]
     if name.startswith("inc/"):
         text = (
             f'-- import "{name}" as fmt\n'

@@ -151,6 +151,50 @@ def test_hub_code_path_loads_a_local_copy_of_a_hub_repository_layout(tmp_path):
     assert load_text_dataset(str(repo), "test", cache_dir=cache)["n"] == [5]
 
 
+def test_subdir_reads_one_config_folder_of_a_local_hub_copy(tmp_path):
+    """`subdir`: the folder of one config (split-named files, or unnamed files as `train`); a hub
+    config `name=` is dropped for a local copy (the folder is the config)."""
+    import pandas as pd
+
+    repo = tmp_path / "wikitext"
+    for config, rows in (("wikitext-2-raw-v1", DOCS[:2]), ("wikitext-103-raw-v1", DOCS)):
+        (repo / config).mkdir(parents=True)
+        pd.DataFrame(rows).to_parquet(repo / config / "train-00000-of-00001.parquet")
+        pd.DataFrame(rows[:1]).to_parquet(repo / config / "validation-00000-of-00001.parquet")
+    cache = str(tmp_path / "cache")
+    data = load_text_dataset(
+        repo, subdir="wikitext-103-raw-v1", name="wikitext-103-raw-v1", cache_dir=cache
+    )
+    assert {name: ds.num_rows for name, ds in data.items()} == {"train": 6, "validation": 1}
+    sample = repo / "sample" / "10BT"
+    sample.mkdir(parents=True)
+    for index in range(2):
+        pd.DataFrame(DOCS[3 * index : 3 * index + 3]).to_parquet(
+            sample / f"00{index}_00000.parquet"
+        )
+    train = load_text_dataset(repo, "train", subdir="sample/10BT", cache_dir=cache)
+    assert train["n"] == list(range(6))
+    stream = load_text_dataset(repo, "train", subdir="sample/10BT", streaming=True)
+    assert [row["n"] for row in stream] == list(range(6))
+    with pytest.raises(DatasetError, match="sample/100BT: no such directory"):
+        load_text_dataset(repo, subdir="sample/100BT")
+
+
+def test_hold_out_splits_a_validation_split_off_a_train_only_corpus(tmp_path):
+    import datasets
+
+    from forgather.ml.data.corpus import hold_out
+
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_list(DOCS)})
+    split = hold_out(data, 2)
+    assert split["validation"]["n"] == [0, 1] and split["train"]["n"] == [2, 3, 4, 5]
+    streamed = hold_out(data["train"].to_iterable_dataset(), 2)
+    assert [r["n"] for r in streamed["validation"]] == [0, 1]
+    assert [r["n"] for r in streamed["train"]] == [2, 3, 4, 5]
+    with pytest.raises(DatasetError, match="leave no training data"):
+        hold_out(data, 6)
+
+
 # ---- errors --------------------------------------------------------------------------------
 
 
