@@ -26,13 +26,15 @@ default_config: tinystories.yaml
 """
 
 # A config as a user writes one: the block, and ns.hub_dataset_path pointing at the local copy.
-# Tiny copies: a few held-out documents, a small shuffle buffer (the defaults suit real corpora).
+# Tiny copies: a few held-out documents, a small shuffle buffer (the defaults suit real corpora);
+# one tokenizer for all, trained in a moment on the TinyStories copy's few stories.
 CONFIG = """\
 -- extends "training_script/causal_lm.yaml"
 -- block config_metadata
     == super()
     -- set ns.model_name = "{name}"
     -- set ns.hub_dataset_path = {path!r}
+    -- set ns.dataset_path = {tokenizer_data!r}
     -- set ns.eval_docs = 4
     -- set ns.shuffle_buffer = 8
     -- set ns.packing_buffer = 16
@@ -51,21 +53,19 @@ def hub_project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hub_blocks")
     (root / "templates" / "configs").mkdir(parents=True)
     (root / "meta.yaml").write_text(META)
+    tokenizer_data = str(root / "copies" / "tinystories" / "data")
     for name, write in WRITERS.items():
         copy = write(root / "copies" / name)
-        config = CONFIG.format(name=name, path=str(copy))
+        config = CONFIG.format(name=name, path=str(copy), tokenizer_data=tokenizer_data)
         (root / "templates" / "configs" / f"{name}.yaml").write_text(config)
     return root
 
 
 @pytest.mark.slow
-def test_each_hub_block_trains_two_steps_offline_from_a_local_copy(
-    hub_project, forgather, e2e_env, tmp_path
-):
-    for name in WRITERS:  # renders and validates (cheap, in turn) ...
-        checked = forgather("-p", hub_project, "-t", f"{name}.yaml", "validate")
-        assert checked.returncode == 0, checked.describe()
-    # ... and trains: the four runs at once (each is mostly start-up)
+def test_each_hub_block_trains_two_steps_offline_from_a_local_copy(hub_project, e2e_env, tmp_path):
+    # (the template-library walk renders and validates each block; here they train) the four runs
+    # at once: each is mostly start-up
+    env = {**e2e_env, "OMP_NUM_THREADS": "1"}  # four processes share the cores
     runs = {}
     for name in WRITERS:
         command = [
@@ -73,10 +73,10 @@ def test_each_hub_block_trains_two_steps_offline_from_a_local_copy(
             f"{name}.yaml", "train", "--output-dir", str(tmp_path / name), "--max-steps", "2",
             "trainer_args.logging_steps=1", "trainer_args.save_strategy=no",
             "trainer_args.per_device_train_batch_size=2", "trainer_args.per_device_eval_batch_size=4",
-            "main.sample_prompts=[]", *SMALL_MODEL,
+            "main.sample_prompts=[]", "+main.do_eval=false", *SMALL_MODEL,
         ]  # fmt: skip
         runs[name] = subprocess.Popen(
-            command, cwd=REPO, env=e2e_env, stdin=subprocess.DEVNULL,
+            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
     for name, process in runs.items():
@@ -84,7 +84,20 @@ def test_each_hub_block_trains_two_steps_offline_from_a_local_copy(
         assert process.returncode == 0, (name, output[-4000:])
         records = [r for d in run_dirs(tmp_path / name) for r in read_logs(d)]
         assert [r["global_step"] for r in records if "loss" in r] == [1, 2], name
-        assert any("eval_loss" in r for r in records), name  # the validation split was read too
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["tinystories", "wikitext", "fineweb_edu"])
+def test_each_hub_block_builds_train_and_validation_rows_from_the_local_copy(hub_project, name):
+    """(smollm's interleaved streams train in the test above; `datasets` pauses 5 s whenever an
+    interleaved parquet stream is closed, so it is not read again here.)"""
+    from forgather.project import Project
+
+    project = Project(f"{name}.yaml", hub_project)
+    for target in ("train_dataset", "eval_dataset"):
+        dataset = project(target)
+        row = next(iter(dataset))
+        assert 0 < len(row["input_ids"]) <= 256 and row["document_starts"][0] == 0, target
 
 
 FAMILIES = {

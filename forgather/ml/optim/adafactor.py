@@ -52,7 +52,7 @@ Memory per parameter (state, fp32 for low-precision parameters): a `[..., m, n]`
 `m + n` values per batch element (`exp_avg_sq_row`, `exp_avg_sq_col`), a vector of size `n`
 keeps `n` (`exp_avg_sq`); `beta1` adds a full-size `exp_avg`. Plus `step` (int) and, for bf16
 parameters, `sr_seed` (int). While one parameter is updated the torch kernel holds a few
-parameter-sized fp32 temporaries; the Triton kernel (`kernel="auto"` on CUDA, see
+parameter-sized fp32 temporaries; the Triton kernel (`kernel="triton"`, CUDA; see
 `forgather.ml.optim.triton_adafactor`) none for the elementwise part.
 
 Every hyper-parameter can be set per parameter group and every group records all of them, so
@@ -182,8 +182,10 @@ class Adafactor(ParameterwiseOptimizer):
         weight_decay_mode: "step_size" (HF: decay `weight_decay * alpha_t`, alpha_t the step size
             including the parameter scale) or "lr" (torch: decay `weight_decay * lr`).
         stochastic_rounding: write bf16 parameters with stochastic rounding (else nearest).
-        kernel: "auto" (Triton for matrices on CUDA when triton imports, torch otherwise),
-            "triton" (required; CUDA parameters, or CPU under TRITON_INTERPRET=1) or "torch".
+        kernel: "auto" (the PyTorch path: on an H100 at 110M parameters it beat the Triton
+            kernel, which pays a launch per parameter; docs/optimizers.md), "triton" (the fused
+            kernel: no parameter-sized temporaries; CUDA parameters, or CPU under
+            TRITON_INTERPRET=1) or "torch".
     """
 
     def __init__(
@@ -288,8 +290,8 @@ class Adafactor(ParameterwiseOptimizer):
         if kernel == "torch" or p.ndim < 2:
             return False
         eligible = p.dtype in _KERNEL_DTYPES and p.is_contiguous() and not _is_dtensor(p)
-        if kernel == "auto":
-            return eligible and p.is_cuda and triton_adafactor.triton_available()
+        if kernel == "auto":  # measured slower at 110M (launch-bound): opt in with "triton"
+            return False
         self._check_triton_device(p)
         return eligible
 

@@ -398,16 +398,19 @@ def test_triton_kernel_matches_torch_on_cuda():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_resume_and_auto_kernel():
+@pytest.mark.parametrize("kernel", ["auto", "triton"])
+def test_cuda_resume_with_each_kernel(kernel):
+    if kernel == "triton" and not triton_adafactor.triton_available():
+        pytest.skip("triton is not installed")
     torch.manual_seed(0)
     straight = make_params(torch.bfloat16, "cuda")
-    opt = Adafactor(straight, beta1=0.9)
+    opt = Adafactor(straight, beta1=0.9, kernel=kernel)
     run(opt, straight, range(3))
     state = copy.deepcopy(opt.state_dict())
     at_save = [p.detach().clone() for p in straight]
     run(opt, straight, range(3, 6))
     resumed = [torch.nn.Parameter(p) for p in at_save]
-    fresh = Adafactor(resumed, beta1=0.9)
+    fresh = Adafactor(resumed, beta1=0.9, kernel=kernel)
     fresh.load_state_dict(state)
     run(fresh, resumed, range(3, 6))
     for a, b in zip(straight, resumed, strict=True):
