@@ -512,18 +512,26 @@ class Trainer:
         args = self.args
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if self.optimizer_factory is None:
-            return make_optimizer(
-                named,
-                name=args.optim,
-                lr=args.learning_rate,
-                weight_decay=args.weight_decay,
-                betas=(args.adam_beta1, args.adam_beta2),
-                eps=args.adam_epsilon,
-                **args.optim_kwargs,
-            )
-        if first_parameter_name(self.optimizer_factory) == "named_parameters":
-            return self.optimizer_factory(named)
-        return self.optimizer_factory([p for _, p in named])
+            try:
+                return make_optimizer(
+                    named,
+                    name=args.optim,
+                    lr=args.learning_rate,
+                    weight_decay=args.weight_decay,
+                    betas=(args.adam_beta1, args.adam_beta2),
+                    eps=args.adam_epsilon,
+                    **args.optim_kwargs,
+                )
+            except (TypeError, ValueError) as error:  # a misspelt or out-of-range option
+                raise TrainerSetupError(
+                    f"trainer_args.optim {args.optim!r} with trainer_args.optim_kwargs "
+                    f"{args.optim_kwargs}: {error}"
+                ) from error
+        named_factory = first_parameter_name(self.optimizer_factory) == "named_parameters"
+        try:
+            return self.optimizer_factory(named if named_factory else [p for _, p in named])
+        except ValueError as error:  # an option out of range, a pattern matching nothing
+            raise TrainerSetupError(f"optimizer_factory: {error}") from error
 
     def _optimizer_in_backward(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """`optimizer` split per parameter and stepped in the backward pass, where that can be."""

@@ -8,7 +8,7 @@ import torch
 
 from forgather.ml.optim import OPTIMIZERS
 from forgather.ml.train.args import TrainingArguments
-from forgather.ml.train.trainer import Trainer
+from forgather.ml.train.trainer import Trainer, TrainerSetupError
 from tests.unit.train._tiny import ProgressionDataset, Recorder, tiny_llama
 
 pytestmark = pytest.mark.unit
@@ -74,3 +74,31 @@ def test_an_unknown_optim_name_is_one_error_listing_the_known_ones(tmp_path):
         ValueError, match=r"optim must be one of \('adamw', 'sgd', 'muon', 'apollo'"
     ):
         TrainingArguments(output_dir=str(tmp_path), optim="adam")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"momentom": 0.9}, "unexpected keyword argument 'momentom'"),
+        ({"momentum": 2}, r"Muon momentum must be in \[0, 1\), got 2"),
+    ],
+)
+def test_bad_optim_kwargs_are_one_error_naming_the_fields(tmp_path, kwargs, message):
+    trainer, _ = _trainer(tmp_path, "muon", max_steps=1, optim_kwargs=kwargs)
+    with pytest.raises(TrainerSetupError, match=r"trainer_args\.optim 'muon' with "
+                       rf"trainer_args\.optim_kwargs .*{message}"):  # fmt: skip
+        trainer.train()
+    assert not (tmp_path / "muon" / "checkpoints").exists()
+
+
+def test_a_multiopt_factory_whose_patterns_miss_parameters_is_one_error(tmp_path):
+    import functools
+
+    from forgather.ml.optim import multiopt
+
+    trainer, _ = _trainer(tmp_path, "adamw", max_steps=1)
+    trainer.optimizer_factory = functools.partial(
+        multiopt, groups=[{"pattern": "self_attn", "optimizer": torch.optim.AdamW}]
+    )
+    with pytest.raises(TrainerSetupError, match="optimizer_factory: multiopt: no group's pattern"):
+        trainer.train()
