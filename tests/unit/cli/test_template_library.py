@@ -18,6 +18,27 @@ REPO = Path(__file__).resolve().parents[3]
 BASE = LIBRARY / "base"
 
 
+def included(
+    name: str, block: str, *, extending: bool = False, metadata: tuple[str, ...] = ()
+) -> str:
+    """A config extending causal_lm.yaml that includes template `name` in `block` (after
+    `== super()` when `extending`), with `metadata` lines set in config_metadata first."""
+    text = '-- extends "training_script/causal_lm.yaml"\n'
+    if metadata:
+        text += "-- block config_metadata\n    == super()\n"
+        text += "".join(f"    {line}\n" for line in metadata)
+        text += "-- endblock config_metadata\n"
+    if extending:
+        return (
+            text
+            + f'-- block {block}\n    == super()\n    -- include "{name}"\n-- endblock {block}\n'
+        )
+    return text + f'-- block {block}\n-- include "{name}"\n-- endblock {block}\n'
+
+
+MODEL_PATH = '-- set ns.model_path = "/models/some-model"'
+
+
 def config_for(name: str) -> tuple[str, str | None]:
     """A config that uses template `name` as its header says, and the value `explain` must show
     (key, expected) or None."""
@@ -29,45 +50,17 @@ def config_for(name: str) -> tuple[str, str | None]:
     if name.startswith("training_script/"):
         return f'-- extends "{name}"\n', None
     if name.startswith("trainers/"):
-        strategy = Path(name).stem
-        text = (
-            '-- extends "training_script/causal_lm.yaml"\n'
-            "-- block trainer_args\n"
-            "    == super()\n"
-            f'    -- include "{name}"\n'
-            "-- endblock trainer_args\n"
-        )
-        return text, f"trainer_args.parallelism={strategy}"
+        text = included(name, "trainer_args", extending=True)
+        return text, f"trainer_args.parallelism={Path(name).stem}"
     if name == "optimizers/multiopt.yaml":
-        text = (
-            '-- extends "training_script/causal_lm.yaml"\n'
-            "-- block trainer\n"
-            "    == super()\n"
-            f'    -- include "{name}"\n'
-            "-- endblock trainer\n"
-        )
+        text = included(name, "trainer", extending=True)
         return text, "trainer.optimizer_factory.groups.1.pattern=self_attn"
     if name.startswith("optimizers/"):
-        text = (
-            '-- extends "training_script/causal_lm.yaml"\n'
-            "-- block trainer_args\n"
-            "    == super()\n"
-            f'    -- include "{name}"\n'
-            "-- endblock trainer_args\n"
-        )
+        text = included(name, "trainer_args", extending=True)
         return text, f"trainer_args.optim={Path(name).stem}"
     if name.startswith(("datasets/", "tokenizers/")):
         block = "datasets" if name.startswith("datasets/") else "tokenizer"
-        text = (
-            '-- extends "training_script/causal_lm.yaml"\n'
-            "-- block config_metadata\n"
-            "    == super()\n"
-            '    -- set ns.model_path = "/models/some-model"\n'
-            "-- endblock config_metadata\n"
-            f"-- block {block}\n"
-            f'-- include "{name}"\n'
-            f"-- endblock {block}\n"
-        )
+        text = included(name, block, metadata=(MODEL_PATH,))
         expected = {
             "datasets/streaming_text.yaml": "train_dataset.shuffle_buffer=256",
             "datasets/conversations.yaml": "train_dataset.desc=Tokenizing the train conversations",
@@ -79,17 +72,7 @@ def config_for(name: str) -> tuple[str, str | None]:
         return text, expected.get(name)
     if name.startswith(("models/", "callbacks/")):
         block = "model" if name.startswith("models/") else "trainer_callbacks"
-        text = (
-            '-- extends "training_script/causal_lm.yaml"\n'
-            "-- block config_metadata\n"
-            "    == super()\n"
-            '    -- set ns.model_path = "/models/some-model"\n'
-            "    -- set ns.num_hidden_layers = 2\n"
-            "-- endblock config_metadata\n"
-            f"-- block {block}\n"
-            f'-- include "{name}"\n'
-            f"-- endblock {block}\n"
-        )
+        text = included(name, block, metadata=(MODEL_PATH, "-- set ns.num_hidden_layers = 2"))
         expected = {
             "models/llama.yaml": "model.num_hidden_layers=2",
             "models/mistral.yaml": "model.preset=tiny_mistral",

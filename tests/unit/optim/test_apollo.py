@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from forgather.ml.optim.apollo import Apollo, apollo_mini
 from forgather.ml.optim.projectors import OnlinePCAProjector, Projector, RandProjector
+from tests.unit.optim._stepping import StepEach
 
 pytestmark = pytest.mark.unit
 
@@ -268,17 +269,8 @@ def test_an_optimizer_rebuilt_per_parameter_takes_the_same_steps(projector):
         for p in group["params"]
     ]
 
-    class Each:
-        def zero_grad(self):
-            for opt in per_param:
-                opt.zero_grad()
-
-        def step(self):
-            for opt in per_param:
-                opt.step()
-
     _train(whole, whole_opt, 7)
-    _train(split, Each(), 7)
+    _train(split, StepEach(per_param), 7)
     for a, b in zip(whole.parameters(), split.parameters(), strict=True):
         assert torch.equal(a, b)
 

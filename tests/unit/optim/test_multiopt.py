@@ -10,6 +10,7 @@ import torch
 
 from forgather.ml.optim import Adafactor, Multiopt, Muon, get_lr_scheduler, make_optimizer, multiopt
 from forgather.ml.optim.in_backward import OptimizerInBackward
+from tests.unit.optim._stepping import StepEach
 from tests.unit.train._tiny import tiny_forgather
 
 pytestmark = pytest.mark.unit
@@ -70,18 +71,8 @@ def test_multiopt_steps_as_its_optimizers_would_separately():
         )
         for inner in optimizer.optimizers
     ]
-
-    class Together:
-        def step(self):
-            for inner in separate:
-                inner.step()
-
-        def zero_grad(self):
-            for inner in separate:
-                inner.zero_grad()
-
     batches = _batches(4)
-    assert _train(model, optimizer, batches) == _train(twin, Together(), batches)
+    assert _train(model, optimizer, batches) == _train(twin, StepEach(separate), batches)
     for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b), name
 

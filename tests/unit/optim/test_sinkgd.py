@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
 from forgather.ml.optim.sinkgd import SinkGD, sinkhorn_normalize
+from tests.unit.optim._stepping import StepEach
 
 pytestmark = pytest.mark.unit
 
@@ -140,16 +141,7 @@ def test_resume_and_per_parameter_rebuild_are_exact():
         if index in saved["state"]:
             opt.load_state_dict({"state": {0: saved["state"][index]}, "param_groups": [group]})
 
-    class Each:
-        def zero_grad(self):
-            for opt in per_param:
-                opt.zero_grad()
-
-        def step(self):
-            for opt in per_param:
-                opt.step()
-
-    _train(second, Each(), 4, start=6)
+    _train(second, StepEach(per_param), 4, start=6)
     for a, b in zip(whole.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
 
