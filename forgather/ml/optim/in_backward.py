@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from forgather.ml.optim.base import run_closure
 from forgather.ml.optim.multiopt import Multiopt
 from forgather.ml.optim.state import restore_saved_dtypes
 
@@ -76,7 +77,7 @@ class OptimizerInBackward(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = closure() if closure is not None else None
+        loss = run_closure(closure)  # its backward pass steps the parameters through their hooks
         for sub in self.inner:
             if any(p.grad is not None for p in sub.param_groups[0]["params"]):
                 sub.step()

@@ -41,3 +41,14 @@ def test_a_sparse_gradient_is_refused_by_name(name):
     weight.grad = torch.randn(4, 3).to_sparse()
     with pytest.raises(RuntimeError, match=f"{name} does not support sparse gradients"):
         optimizer.step()
+
+
+def test_the_step_in_backward_runs_a_closure_with_gradients():
+    from forgather.ml.optim.in_backward import OptimizerInBackward
+
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    optimizer = OptimizerInBackward(torch.optim.SGD([weight], lr=0.1))
+    before = weight.detach().clone()
+    loss = optimizer.step(lambda: (weight**2).sum().backward() or (before**2).sum())
+    assert loss.item() == pytest.approx((before**2).sum().item())
+    assert torch.allclose(weight, before * 0.8)  # stepped by its hook: w - 0.1 * 2w
